@@ -1,0 +1,377 @@
+"""The ``appliance`` command: a thin layer over :class:`appliance.api.Appliance`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from appliance.config import RetrieveSettings, load_settings
+from appliance.errors import ApplianceError, InputError
+
+__all__ = ["main"]
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+def _describe(model: type, name: str) -> str:
+    """Help text for an option, taken from the settings field it overrides."""
+    return str(model.model_fields[name].description or "")  # type: ignore[attr-defined]
+
+
+class _Ctx:
+    def __init__(self, debug: bool) -> None:
+        self.debug = debug
+        self._app: Any = None
+
+    @property
+    def app(self) -> Any:
+        if self._app is None:
+            from appliance.api import Appliance
+
+            self._app = Appliance(load_settings())
+        return self._app
+
+
+pass_ctx = click.make_pass_decorator(_Ctx)
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="appliance")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Offline question answering over your own documents.
+
+    Data (knowledge bases, feedback, trained models) lives in $APPLIANCE_HOME, else the
+    platform's user data directory. Nothing here uses the network.
+    """
+    ctx.obj = _Ctx(debug)
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+# -- ingest ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _progress(label: str, enabled: bool) -> Iterator[Any]:
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[item]}", style="dim"),
+        console=err,
+        transient=True,
+        disable=not enabled,
+    )
+    with progress:
+        task = progress.add_task(label, total=None, item="")
+
+        def update(done: int, total: int, item: str = "") -> None:
+            name = os.path.basename(item)
+            progress.update(task, completed=done, total=total, item=name[:40])
+
+        yield update
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--kb", default="default", show_default=True, help="Knowledge base to write.")
+@click.option("--collection", default="default", show_default=True,
+              help="Collection the documents belong to (searches can filter by it).")
+@click.option("--prune", is_flag=True, help="Remove documents whose files vanished from PATHS.")
+@click.option("--strict", is_flag=True, help="Exit non-zero when any file failed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_ctx
+def ingest(c: _Ctx, paths: tuple[Path, ...], kb: str, collection: str, prune: bool,
+           strict: bool, as_json: bool) -> None:
+    """Add files and folders (.txt .md .rst .html .pdf .docx) to a knowledge base.
+
+    Unchanged files are skipped by content hash, changed files replaced. Files that cannot
+    be read are listed with a reason and the rest goes on. Exit 0 when the run completed,
+    4 when nothing could be ingested, 1 with --strict when any file failed.
+    """
+    with _progress("Ingesting", not as_json) as update:
+        report = c.app.ingest(list(paths), kb=kb, collection=collection, prune=prune,
+                              progress=update)
+    if as_json:
+        out.print_json(data=report.to_json())
+    else:
+        table = Table(show_header=False, box=None, pad_edge=False)
+        table.add_row("added", str(report.added))
+        table.add_row("updated", str(report.updated))
+        table.add_row("unchanged", str(report.unchanged))
+        if prune:
+            table.add_row("removed", str(report.removed))
+        table.add_row("failed", f"[red]{len(report.failed)}[/]" if report.failed else "0")
+        table.add_row("chunks", str(report.chunks))
+        table.add_row("seconds", f"{report.seconds:.1f}")
+        table.add_row("chunks/s", f"{report.chunks_per_s:.1f}")
+        out.print(f"[bold]Knowledge base '{kb}'[/]")
+        out.print(table)
+        for f in report.failed:
+            out.print(f"  [red]failed[/] {f.path}: {f.reason}")
+    ok = report.added + report.updated + report.unchanged
+    if ok == 0 and report.failed:
+        sys.exit(4)
+    if strict and report.failed:
+        sys.exit(1)
+
+
+# -- search ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("query", required=False)
+@click.option("--kb", default="default", show_default=True, help="Knowledge base to search.")
+@click.option("--k", "k", type=click.IntRange(1, 100), default=None,
+              help=_describe(RetrieveSettings, "k") + " [default: 5]")
+@click.option("--mode", type=click.Choice(["hybrid", "vector", "keyword"]), default=None,
+              help=_describe(RetrieveSettings, "mode") + " [default: hybrid]")
+@click.option("--collection", default=None, help="Only search this collection.")
+@click.option("--path-prefix", default=None, help="Only search documents under this path.")
+@click.option("--queries", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Run every line of this file as a query (one process, one model load).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per query.")
+@pass_ctx
+def search(c: _Ctx, query: str | None, kb: str, k: int | None, mode: str | None,
+           collection: str | None, path_prefix: str | None, queries: Path | None,
+           as_json: bool) -> None:
+    """Search a knowledge base (no generation): the chunks an answer would be built from."""
+    if queries is not None:
+        try:
+            lines = queries.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"Cannot read {queries}: {exc}; give a UTF-8 text file.") from exc
+        items = [q.strip() for q in lines if q.strip()]
+    elif query:
+        items = [query]
+    else:
+        raise InputError("Give a query, or --queries FILE with one query per line.")
+    prefix = os.path.abspath(path_prefix) if path_prefix else None
+    for q in items:
+        result = c.app.search(q, kb=kb, k=k, mode=mode, collection=collection,
+                              path_prefix=prefix)
+        if as_json:
+            click.echo(json.dumps(result.to_json(), ensure_ascii=False))
+            continue
+        out.print(f"[bold cyan]? {q}[/]  [dim]({result.timings_ms['embed']:.0f} ms embed, "
+                  f"{result.timings_ms['search']:.0f} ms search)[/]")
+        if not result.hits:
+            out.print("  [yellow]no match[/]")
+        for rank, hit in enumerate(result.hits, start=1):
+            v, kw = hit.scores.get("vector"), hit.scores.get("keyword")
+            channels = " ".join(
+                part for part in (
+                    f"cos {v:.2f}" if v is not None else "",
+                    f"bm25 {kw:.1f}" if kw is not None else "",
+                ) if part
+            )
+            out.print(f"  [bold]{rank}.[/] {hit.path}  [green]{hit.heading}[/]  "
+                      f"[dim]{hit.score:.4f} {channels}[/]")
+            snippet = " ".join(hit.text.split())
+            out.print(f"     [dim]{snippet[:160]}{'…' if len(snippet) > 160 else ''}[/]")
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--kb", default="demo", show_default=True, help="Knowledge base to build.")
+@click.option("--corpus", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write the corpus [default: DATA_DIR/demo/pydoc-topics].")
+@pass_ctx
+def demo(c: _Ctx, kb: str, corpus: Path | None) -> None:
+    """Build a knowledge base from CPython's reference topics and search it.
+
+    The corpus (79 documents from the standard library's pydoc_data) is written as files,
+    ingested with the real embedder, then the sample questions are run.
+    """
+    from appliance.demo import SAMPLE_QUESTIONS, write_pydoc_corpus
+
+    target = corpus or c.app.settings.home / "demo" / "pydoc-topics"
+    changed = write_pydoc_corpus(target)
+    out.print(f"[bold]Demo corpus[/] {target} ({changed} files written)")
+    with _progress("Ingesting", True) as update:
+        report = c.app.ingest([target], kb=kb, progress=update)
+    out.print(f"ingested: {report.added} added, {report.updated} updated, {report.unchanged} "
+              f"unchanged, {len(report.failed)} failed, {report.chunks} chunks in "
+              f"{report.seconds:.1f} s")
+    for q in SAMPLE_QUESTIONS:
+        result = c.app.search(q, kb=kb, k=3)
+        out.print(f"\n[bold cyan]? {q}[/]")
+        for rank, hit in enumerate(result.hits, start=1):
+            out.print(f"  {rank}. [green]{os.path.basename(hit.path)}[/] {hit.heading}")
+
+
+# -- kb ----------------------------------------------------------------------------------------
+
+
+@cli.group()
+def kb() -> None:
+    """List, inspect, check, re-embed and remove knowledge bases."""
+
+
+@kb.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def kb_list(c: _Ctx, as_json: bool) -> None:
+    """List the knowledge bases in the data directory."""
+    stats = [c.app.kb_stats(name) for name in c.app.list_kbs()]
+    if as_json:
+        click.echo(json.dumps(stats))
+        return
+    if not stats:
+        out.print(f"No knowledge bases in {c.app.settings.kb_dir}; create one with "
+                  "`appliance ingest PATH`.")
+        return
+    table = Table("name", "documents", "chunks", "size", "embedder")
+    for s in stats:
+        table.add_row(s["name"], str(s["documents"]), str(s["chunks"]),
+                      f"{s['size_bytes'] / 1e6:.1f} MB", str(s["embedder"]))
+    out.print(table)
+
+
+@kb.command("stats")
+@click.argument("name", default="default")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def kb_stats(c: _Ctx, name: str, as_json: bool) -> None:
+    """Documents, chunks, size and embedder of a knowledge base."""
+    s = c.app.kb_stats(name)
+    if as_json:
+        click.echo(json.dumps(s))
+        return
+    for key, value in s.items():
+        out.print(f"[bold]{key:>15}[/]  {value}")
+
+
+@kb.command("check")
+@click.argument("name", default="default")
+@pass_ctx
+def kb_check(c: _Ctx, name: str) -> None:
+    """Check integrity: SQLite, and agreement of chunks, keyword index and vectors."""
+    problems = c.app.kb_check(name)
+    if problems:
+        for p in problems:
+            err.print(f"[red]problem[/] {p}")
+        sys.exit(3)
+    out.print(f"[green]ok[/] knowledge base '{name}' is consistent")
+
+
+@kb.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def kb_remove(c: _Ctx, name: str, yes: bool) -> None:
+    """Delete a knowledge base file."""
+    if not yes and not click.confirm(f"Delete knowledge base '{name}'?", err=True):
+        sys.exit(1)
+    c.app.kb_remove(name)
+    out.print(f"removed '{name}'")
+
+
+@kb.command("reembed")
+@click.argument("name", default="default")
+@pass_ctx
+def kb_reembed(c: _Ctx, name: str) -> None:
+    """Rebuild a knowledge base's vectors with the current embedder."""
+    with _progress("Re-embedding", True) as update:
+        n = c.app.kb_reembed(name, progress=lambda d, t: update(d, t))
+    out.print(f"re-embedded {n} chunks of '{name}' with {c.app.embedder.id}")
+
+
+# -- models --------------------------------------------------------------------------------------
+
+
+@cli.group()
+def models() -> None:
+    """List and verify the registered models."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print every entry as JSON.")
+@pass_ctx
+def models_list(c: _Ctx, as_json: bool) -> None:
+    """List packaged and user models."""
+    entries = list(c.app.registry)
+    if as_json:
+        click.echo(json.dumps([e.to_json() for e in entries], indent=2))
+        return
+    table = Table("id", "role", "origin", "default", "size", "present")
+    for e in entries:
+        table.add_row(e.id, e.role, e.origin, "yes" if e.default else "",
+                      f"{(e.size or 0) / 1e6:.0f} MB", "yes" if e.path.is_file() else "[red]no[/]")
+    out.print(table)
+
+
+@models.command("verify")
+@pass_ctx
+def models_verify(c: _Ctx) -> None:
+    """Check every model file against its manifest sha256."""
+    bad = 0
+    for e in c.app.registry:
+        try:
+            c.app.registry.resolve(e.id)
+            out.print(f"[green]ok[/]   {e.id}")
+        except ApplianceError as exc:
+            bad += 1
+            err.print(f"[red]fail[/] {e.id}: {exc.message}")
+    if bad:
+        sys.exit(5)
+
+
+# -- entry point ----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; map ApplianceError to one sentence and its exit code."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="appliance", standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("Aborted.")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ApplianceError as exc:
+        if debug:
+            traceback.print_exc()
+        err.print(f"[bold red]{exc.title}:[/] {exc.message}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("Interrupted; everything committed so far is kept.")
+        sys.exit(130)
+    except Exception as exc:  # a bug: still one sentence unless --debug
+        if debug:
+            traceback.print_exc()
+        err.print(f"[bold red]Unexpected error:[/] {type(exc).__name__}: {exc} "
+                  "(run again with --debug for the traceback and report it).")
+        sys.exit(70)
+
+
+if __name__ == "__main__":
+    main()
+

@@ -1,0 +1,224 @@
+"""Typed settings: the one source of truth for defaults, limits and locations.
+
+Settings come, in increasing priority, from the defaults below, ``config.toml`` in the data
+directory, and environment variables ``APPLIANCE_<SECTION>__<FIELD>`` (for example
+``APPLIANCE_INGEST__MAX_FILE_BYTES=1000000``). The data directory itself is
+``$APPLIANCE_HOME`` when set, else the platform's user data directory. CLI help texts and
+defaults are derived from the field descriptions here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from appliance.errors import ConfigError
+
+__all__ = [
+    "EmbedSettings",
+    "GenerateSettings",
+    "IngestSettings",
+    "RetrieveSettings",
+    "Settings",
+    "StoreSettings",
+    "data_dir",
+    "load_settings",
+    "packaged_models_dir",
+    "validate_kb_name",
+]
+
+_KB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class IngestSettings(_Section):
+    """How documents are read and cut into chunks."""
+
+    chunk_tokens: int = Field(
+        256, ge=32, le=512,
+        description="Largest chunk in embedder tokens, heading included (the embedder's window).",
+    )
+    chunk_overlap: int = Field(
+        32, ge=0, le=128, description="Tokens shared by consecutive chunks of one section."
+    )
+    max_file_bytes: int = Field(
+        25 * 1024 * 1024, ge=1, description="Files larger than this are skipped."
+    )
+    max_pages: int = Field(2000, ge=1, description="PDFs with more pages are skipped.")
+    max_decompressed_bytes: int = Field(
+        200 * 1024 * 1024, ge=1,
+        description="Largest total uncompressed size of a .docx (zip) archive.",
+    )
+    max_seconds: float = Field(
+        60.0, gt=0, description="Time limit for reading one document; slower ones are skipped."
+    )
+    max_memory_bytes: int = Field(
+        2 * 1024 * 1024 * 1024, ge=64 * 1024 * 1024,
+        description="Address-space limit of the process that parses documents.",
+    )
+    extensions: list[str] = Field(
+        default_factory=lambda: [
+            ".txt", ".md", ".markdown", ".rst", ".html", ".htm", ".pdf", ".docx"
+        ],
+        description="File extensions that ingest reads when given a folder.",
+    )
+
+
+class EmbedSettings(_Section):
+    """The ONNX embedder."""
+
+    model: str = Field("minilm-l6-v2-int8", description="Registry id of the embedder.")
+    batch_size: int = Field(32, ge=1, le=1024, description="Texts embedded per ONNX call.")
+    max_tokens: int = Field(256, ge=16, le=512, description="Truncation length in tokens.")
+    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: physical cores).")
+
+
+class StoreSettings(_Section):
+    """The SQLite knowledge base."""
+
+    busy_timeout_ms: int = Field(
+        60_000, ge=0, description="How long a writer waits for another writer to finish."
+    )
+
+
+class RetrieveSettings(_Section):
+    """Hybrid retrieval: vector KNN and FTS5 keyword search fused by weighted RRF."""
+
+    k: int = Field(5, ge=1, le=100, description="Hits returned.")
+    candidates: int = Field(
+        50, ge=1, le=1000, description="Candidates taken from each channel before fusion."
+    )
+    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant.")
+    vector_weight: float = Field(1.0, ge=0, description="Weight of the vector channel in fusion.")
+    keyword_weight: float = Field(1.0, ge=0, description="Weight of the keyword channel in fusion.")
+    mode: Literal["hybrid", "vector", "keyword"] = Field(
+        "hybrid", description="Default search mode."
+    )
+
+
+class GenerateSettings(_Section):
+    """llama.cpp generation."""
+
+    model: str = Field("", description="Default answer model id (empty: the registry's default).")
+    n_ctx: int = Field(4096, ge=512, description="Context window in tokens.")
+    n_batch: int = Field(512, ge=64, description="Prompt evaluation batch size.")
+    max_tokens: int = Field(256, ge=1, description="Most tokens generated per answer.")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature (0: greedy).")
+    seed: int = Field(0, description="Sampling seed.")
+    threads: int = Field(0, ge=0, description="Generation threads (0: physical cores).")
+
+
+class Settings(_Section):
+    """All settings, by section."""
+
+    home: Path = Field(description="Data directory: knowledge bases, feedback, user models.")
+    ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
+    embed: EmbedSettings = Field(default_factory=EmbedSettings)  # type: ignore[arg-type]
+    store: StoreSettings = Field(default_factory=StoreSettings)  # type: ignore[arg-type]
+    retrieve: RetrieveSettings = Field(default_factory=RetrieveSettings)  # type: ignore[arg-type]
+    generate: GenerateSettings = Field(default_factory=GenerateSettings)  # type: ignore[arg-type]
+
+    @field_validator("home")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def kb_dir(self) -> Path:
+        """Folder holding one ``NAME.sqlite`` file per knowledge base."""
+        return self.home / "kb"
+
+    def kb_path(self, name: str) -> Path:
+        """Path of the knowledge base called ``name``."""
+        return self.kb_dir / f"{validate_kb_name(name)}.sqlite"
+
+    @property
+    def user_models_dir(self) -> Path:
+        """Folder of models that ``appliance train`` registers."""
+        return self.home / "models"
+
+
+def validate_kb_name(name: str) -> str:
+    """Return ``name`` if it is a valid knowledge-base name, else raise InputError."""
+    if not _KB_NAME.match(name):
+        from appliance.errors import InputError
+
+        raise InputError(
+            f"'{name}' is not a valid knowledge base name: use letters, digits, '.', '_' or '-' "
+            "(at most 64, starting with a letter or digit)."
+        )
+    return name
+
+
+def data_dir() -> Path:
+    """The data directory: ``$APPLIANCE_HOME``, else the platform's user data directory."""
+    env = os.environ.get("APPLIANCE_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(platformdirs.user_data_dir("appliance", appauthor=False))
+
+
+def packaged_models_dir() -> Path:
+    """Folder of the packaged model manifest and files.
+
+    ``$APPLIANCE_MODELS_DIR`` when set; else ``models/`` beside the package (a checkout, or
+    an install prefix laid out by the bundle installer).
+    """
+    env = os.environ.get("APPLIANCE_MODELS_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "models", here / "_models"):
+        if (candidate / "manifest.toml").is_file():
+            return candidate
+    return here.parent / "models"
+
+
+def _env_overrides() -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in os.environ.items():
+        if not key.startswith("APPLIANCE_") or "__" not in key:
+            continue
+        section, _, field = key[len("APPLIANCE_"):].lower().partition("__")
+        parsed: Any = value
+        if value.startswith("[") and value.endswith("]"):
+            parsed = [v.strip() for v in value[1:-1].split(",") if v.strip()]
+        out.setdefault(section, {})[field] = parsed
+    return out
+
+
+def load_settings(home: Path | None = None, **overrides: dict[str, Any]) -> Settings:
+    """Build the settings from defaults, ``config.toml``, the environment and ``overrides``.
+
+    ``overrides`` maps a section name to field values, e.g. ``ingest={"chunk_tokens": 128}``.
+    """
+    base = home.expanduser().resolve() if home else data_dir()
+    raw: dict[str, Any] = {}
+    cfg = base / "config.toml"
+    if cfg.is_file():
+        try:
+            raw = tomllib.loads(cfg.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"Cannot read {cfg}: {exc}; fix or remove the file.") from exc
+    for layer in (_env_overrides(), overrides):
+        for section, values in layer.items():
+            if isinstance(values, dict):
+                raw.setdefault(section, {}).update(values)
+    raw["home"] = base
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(
+            f"Setting '{where}' is invalid: {first['msg']} (check {cfg} and APPLIANCE_* variables)."
+        ) from exc

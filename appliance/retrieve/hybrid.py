@@ -1,0 +1,134 @@
+"""Vector, keyword and hybrid search over one knowledge base."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from appliance.config import RetrieveSettings
+from appliance.errors import InputError
+from appliance.store import KnowledgeBase
+from appliance.types import Embedder, Hit
+
+__all__ = ["Retriever", "SearchResult", "rrf_fuse"]
+
+MODES = ("hybrid", "vector", "keyword")
+
+
+def rrf_fuse(
+    rankings: Mapping[str, Sequence[int]], weights: Mapping[str, float], k: int = 60
+) -> list[tuple[int, float]]:
+    """Weighted reciprocal rank fusion: sum of ``weight / (k + rank)`` over channels.
+
+    ``rankings`` maps a channel to chunk ids, best first. Ties keep the order in which ids
+    were first seen, channel by channel.
+    """
+    scores: dict[int, float] = {}
+    for channel, ids in rankings.items():
+        weight = weights.get(channel, 1.0)
+        if weight <= 0:
+            continue
+        for rank, chunk_id in enumerate(ids, start=1):
+            scores[chunk_id] = scores.get(chunk_id, 0.0) + weight / (k + rank)
+    return sorted(scores.items(), key=lambda item: item[1], reverse=True)
+
+
+@dataclass
+class SearchResult:
+    """Hits of one query and where the time went (milliseconds)."""
+
+    query: str
+    hits: list[Hit]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        """The result as ``appliance search --json`` prints it."""
+        return {"query": self.query, "hits": [h.to_json() for h in self.hits]}
+
+
+class Retriever:
+    """Searches one knowledge base with one embedder."""
+
+    def __init__(self, kb: KnowledgeBase, embedder: Embedder, settings: RetrieveSettings) -> None:
+        kb.check_embedder(embedder)
+        self.kb = kb
+        self.embedder = embedder
+        self.settings = settings
+
+    def search(
+        self,
+        query: str,
+        *,
+        k: int | None = None,
+        mode: str | None = None,
+        collection: str | None = None,
+        path_prefix: str | None = None,
+    ) -> SearchResult:
+        """The best ``k`` chunks for ``query`` in ``mode`` (hybrid, vector or keyword).
+
+        ``collection`` restricts to one collection; ``path_prefix`` to documents whose path
+        starts with it (applied after each channel's candidates are taken, so a very
+        selective prefix may return fewer than ``k`` hits).
+        """
+        mode = mode or self.settings.mode
+        if mode not in MODES:
+            raise InputError(f"Unknown search mode '{mode}'; use one of {', '.join(MODES)}.")
+        k = k or self.settings.k
+        if not query.strip():
+            raise InputError("The query is empty; type a question or some keywords.")
+        depth = max(self.settings.candidates, k)
+        if path_prefix:
+            depth = min(4096, depth * 8)
+        timings: dict[str, float] = {"embed": 0.0, "search": 0.0}
+        vector: list[tuple[int, float]] = []
+        keyword: list[tuple[int, float]] = []
+        if mode in ("hybrid", "vector"):
+            t0 = time.perf_counter()
+            qvec = self.embedder.embed([query])[0]
+            t1 = time.perf_counter()
+            vector = self.kb.vector_search(qvec, depth, collection)
+            timings["embed"] = (t1 - t0) * 1000
+            timings["search"] += (time.perf_counter() - t1) * 1000
+        t2 = time.perf_counter()
+        if mode in ("hybrid", "keyword"):
+            keyword = self.kb.keyword_search(query, depth, collection)
+        rankings: dict[str, list[int]] = {
+            "vector": [i for i, _ in vector],
+            "keyword": [i for i, _ in keyword],
+        }
+        weights = {"vector": self.settings.vector_weight, "keyword": self.settings.keyword_weight}
+        if mode == "vector":
+            fused = [(i, s) for i, s in vector]
+        elif mode == "keyword":
+            fused = [(i, s) for i, s in keyword]
+        else:
+            fused = rrf_fuse(rankings, weights, self.settings.rrf_k)
+        vec_score = dict(vector)
+        kw_score = dict(keyword)
+        vec_rank = {cid: r for r, cid in enumerate(rankings["vector"], start=1)}
+        kw_rank = {cid: r for r, cid in enumerate(rankings["keyword"], start=1)}
+        rows = self.kb.chunks([cid for cid, _ in fused[: depth if path_prefix else k]])
+        hits: list[Hit] = []
+        for cid, score in fused:
+            row = rows.get(cid)
+            if row is None or (path_prefix and not row.path.startswith(path_prefix)):
+                continue
+            hits.append(
+                Hit(
+                    chunk_id=cid,
+                    path=row.path,
+                    title=row.title,
+                    heading=row.heading,
+                    text=row.text,
+                    score=score,
+                    page=row.page,
+                    collection=row.collection,
+                    scores={"vector": vec_score.get(cid), "keyword": kw_score.get(cid)},
+                    ranks={"vector": vec_rank.get(cid), "keyword": kw_rank.get(cid)},
+                )
+            )
+            if len(hits) >= k:
+                break
+        timings["search"] += (time.perf_counter() - t2) * 1000
+        return SearchResult(query=query, hits=hits, timings_ms=timings)

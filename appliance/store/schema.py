@@ -1,0 +1,86 @@
+"""Numbered schema migrations of a knowledge base (``PRAGMA user_version``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import apsw
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "create_vector_table", "migrate"]
+
+
+def _m1(conn: apsw.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE meta(
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        CREATE TABLE documents(
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            path        TEXT NOT NULL UNIQUE,
+            sha256      TEXT NOT NULL,
+            size        INTEGER NOT NULL,
+            mtime       REAL NOT NULL,
+            title       TEXT NOT NULL,
+            kind        TEXT NOT NULL,
+            collection  TEXT NOT NULL DEFAULT 'default',
+            chunk_count INTEGER NOT NULL DEFAULT 0,
+            ingested_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+        );
+        CREATE INDEX documents_collection ON documents(collection);
+        CREATE TABLE chunks(
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            document_id  INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+            ord          INTEGER NOT NULL,
+            text         TEXT NOT NULL,
+            heading      TEXT NOT NULL DEFAULT '',
+            page         INTEGER,
+            start_offset INTEGER NOT NULL,
+            end_offset   INTEGER NOT NULL,
+            token_count  INTEGER NOT NULL,
+            UNIQUE(document_id, ord)
+        );
+        CREATE VIRTUAL TABLE chunks_fts USING fts5(
+            text, heading,
+            content='chunks', content_rowid='id',
+            tokenize='porter unicode61 remove_diacritics 2'
+        );
+        CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN
+            INSERT INTO chunks_fts(rowid, text, heading) VALUES (new.id, new.text, new.heading);
+        END;
+        CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks BEGIN
+            INSERT INTO chunks_fts(chunks_fts, rowid, text, heading)
+            VALUES ('delete', old.id, old.text, old.heading);
+        END;
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_m1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: apsw.Connection) -> int:
+    """Apply every migration newer than the file's ``user_version``; return the old version.
+
+    Each migration runs in its own transaction together with the version bump.
+    """
+    current = int(conn.execute("PRAGMA user_version").fetchall()[0][0])  # type: ignore[arg-type]
+    for number in range(current + 1, SCHEMA_VERSION + 1):
+        with conn:
+            MIGRATIONS[number - 1](conn)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (str(number),),
+            )
+    return current
+
+
+def create_vector_table(conn: apsw.Connection, dim: int) -> None:
+    """Create ``chunks_vec`` for unit vectors of ``dim`` floats (cosine distance)."""
+    conn.execute(
+        f"CREATE VIRTUAL TABLE chunks_vec USING vec0("
+        f"embedding float[{int(dim)}] distance_metric=cosine, collection text)"
+    )

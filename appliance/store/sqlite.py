@@ -1,0 +1,501 @@
+"""A knowledge base: one SQLite file with documents, chunks, FTS5 and sqlite-vec tables.
+
+The file is opened through apsw (the standard library's sqlite3 often cannot load
+extensions). WAL mode lets readers work while one writer writes; writers wait up to the busy
+timeout for each other. Every document is written in one transaction, so a crash leaves
+each file either fully indexed or absent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apsw
+import numpy as np
+import numpy.typing as npt
+import sqlite_vec
+
+from appliance.errors import (
+    EmbedderMismatchError,
+    KnowledgeBaseError,
+    KnowledgeBaseNotFoundError,
+    StoreBusyError,
+)
+from appliance.store.schema import SCHEMA_VERSION, create_vector_table, migrate
+from appliance.types import Chunk, Embedder
+
+__all__ = ["ChunkRow", "DocumentRow", "KnowledgeBase", "fts_query"]
+
+
+def _one(conn: apsw.Connection, sql: str, args: tuple[Any, ...] = ()) -> Any:
+    """The first column of the first row of a query."""
+    return conn.execute(sql, args).fetchall()[0][0]
+
+
+def _rows(conn: apsw.Connection, sql: str, args: Any = ()) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in conn.execute(sql, args)]
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_STOPWORDS = frozenset(
+    """
+    a about above after again against all am an and any are as at be because been before
+    being below between both but by can could did do does doing down during each few for
+    from further had has have having he her here hers him his how i if in into is it its
+    itself just me more most my no nor not of off on once only or other our out over own
+    same she should so some such than that the their them then there these they this those
+    through to too under until up very was we were what when where which while who whom
+    why will with would you your
+    """.split()
+)
+
+
+def fts_query(text: str) -> str | None:
+    """Turn free text into a safe FTS5 query: quoted words joined by OR.
+
+    Quotes, operators, ``-``, ``*``, ``:`` and brackets in the input are never interpreted.
+    Common English words are dropped unless nothing else is left. None when no word remains.
+    """
+    words = [w for w in _WORD.findall(text.lower()) if w.strip("_")]
+    content = [w for w in words if w not in _STOPWORDS] or words
+    seen: dict[str, None] = {}
+    for w in content:
+        seen.setdefault(w, None)
+    if not seen:
+        return None
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in list(seen)[:64])
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    """A document as stored."""
+
+    id: int
+    path: str
+    sha256: str
+    size: int
+    mtime: float
+    title: str
+    kind: str
+    collection: str
+    chunk_count: int
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    """A chunk joined with its document."""
+
+    id: int
+    document_id: int
+    ord: int
+    text: str
+    heading: str
+    page: int | None
+    path: str
+    title: str
+    collection: str
+
+
+class KnowledgeBase:
+    """One knowledge base file. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        create: bool = False,
+        busy_timeout_ms: int = 60_000,
+        readonly: bool = False,
+    ) -> None:
+        self.path = path
+        if not path.exists() and not create:
+            raise KnowledgeBaseNotFoundError(
+                f"Knowledge base '{path.stem}' does not exist at {path}; "
+                "create it with `appliance ingest PATH --kb " + path.stem + "`."
+            )
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        flags = apsw.SQLITE_OPEN_READONLY if readonly else (
+            apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        )
+        try:
+            self.conn = apsw.Connection(str(path), flags=flags)
+            self.conn.set_busy_timeout(busy_timeout_ms)
+            self.conn.enable_load_extension(True)
+            self.conn.load_extension(sqlite_vec.loadable_path())
+            self.conn.enable_load_extension(False)
+            if not readonly:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            version = int(_one(self.conn, "PRAGMA user_version"))
+            if version > SCHEMA_VERSION:
+                raise KnowledgeBaseError(
+                    f"{path} was written by a newer appliance (schema {version}, this one "
+                    f"knows {SCHEMA_VERSION}); upgrade appliance to open it."
+                )
+            if version < SCHEMA_VERSION:
+                if readonly:
+                    raise KnowledgeBaseError(
+                        f"{path} needs a schema upgrade; open it once without read-only mode."
+                    )
+                migrate(self.conn)
+        except apsw.BusyError as exc:
+            raise StoreBusyError(
+                f"{path} is locked by another writer; wait for it to finish and retry."
+            ) from exc
+        except (apsw.NotADBError, apsw.CorruptError) as exc:
+            raise KnowledgeBaseError(
+                f"{path} is not a valid knowledge base ({exc}); restore it or remove it."
+            ) from exc
+        except apsw.CantOpenError as exc:
+            raise KnowledgeBaseError(f"Cannot open {path}: {exc}; check permissions.") from exc
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> KnowledgeBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL when this is the last one)."""
+        self.conn.close()
+
+    @property
+    def name(self) -> str:
+        """The knowledge base's name (file stem)."""
+        return self.path.stem
+
+    # -- meta and embedder -----------------------------------------------------------------
+
+    def meta(self) -> dict[str, str]:
+        """All ``meta`` rows."""
+        return {str(k): str(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    @property
+    def embedder_id(self) -> str | None:
+        """Id of the embedder that made the vectors, or None before the first ingest."""
+        return self.meta().get("embedder_id")
+
+    def bind_embedder(self, embedder: Embedder) -> None:
+        """Record ``embedder`` on a new knowledge base, or refuse a different one."""
+        meta = self.meta()
+        if "embedder_id" not in meta:
+            with self.write():
+                create_vector_table(self.conn, embedder.dim)
+                self._set_meta("embedder_id", embedder.id)
+                self._set_meta("embedder_dim", str(embedder.dim))
+            return
+        self.check_embedder(embedder)
+
+    def check_embedder(self, embedder: Embedder) -> None:
+        """Raise EmbedderMismatchError unless ``embedder`` made this knowledge base."""
+        meta = self.meta()
+        stored, dim = meta.get("embedder_id"), meta.get("embedder_dim")
+        if stored is None:
+            return
+        if stored != embedder.id or dim != str(embedder.dim):
+            raise EmbedderMismatchError(
+                f"Knowledge base '{self.name}' was built with embedder '{stored}' ({dim} dims), "
+                f"not '{embedder.id}' ({embedder.dim} dims); run `appliance kb reembed "
+                f"{self.name}` to rebuild its vectors with the current embedder."
+            )
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        """One write transaction, taking the write lock at once (BEGIN IMMEDIATE)."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except apsw.BusyError as exc:
+            raise StoreBusyError(
+                f"Knowledge base '{self.name}' is busy with another writer; retry when it is "
+                "done (or raise store.busy_timeout_ms)."
+            ) from exc
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def replace_document(
+        self,
+        *,
+        path: str,
+        sha256: str,
+        size: int,
+        mtime: float,
+        title: str,
+        kind: str,
+        collection: str,
+        chunks: Sequence[Chunk],
+        vectors: npt.NDArray[np.float32],
+    ) -> int:
+        """Store a document and its chunks and vectors, replacing any earlier version."""
+        if len(chunks) != len(vectors):
+            raise ValueError("one vector per chunk")
+        with self.write():
+            self._delete_document(path)
+            self.conn.execute(
+                "INSERT INTO documents(path, sha256, size, mtime, title, kind, collection, "
+                "chunk_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (path, sha256, size, mtime, title, kind, collection, len(chunks)),
+            )
+            doc_id = self.conn.last_insert_rowid()
+            vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+            for chunk, vec in zip(chunks, vecs, strict=True):
+                self.conn.execute(
+                    "INSERT INTO chunks(document_id, ord, text, heading, page, start_offset, "
+                    "end_offset, token_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (doc_id, chunk.order, chunk.text, chunk.heading, chunk.page, chunk.start,
+                     chunk.end, chunk.token_count),
+                )
+                self.conn.execute(
+                    "INSERT INTO chunks_vec(rowid, embedding, collection) VALUES (?, ?, ?)",
+                    (self.conn.last_insert_rowid(), vec.tobytes(), collection),
+                )
+        return doc_id
+
+    def touch_document(self, path: str, mtime: float) -> None:
+        """Record a new mtime for an unchanged document."""
+        with self.write():
+            self.conn.execute("UPDATE documents SET mtime = ? WHERE path = ?", (mtime, path))
+
+    def remove_document(self, path: str) -> bool:
+        """Delete a document with its chunks and vectors; False when it was not stored."""
+        with self.write():
+            return self._delete_document(path)
+
+    def _delete_document(self, path: str) -> bool:
+        row = self.conn.execute("SELECT id FROM documents WHERE path = ?", (path,)).fetchall()
+        if not row:
+            return False
+        doc_id = row[0][0]
+        if self._has_vec():
+            self.conn.execute(
+                "DELETE FROM chunks_vec WHERE rowid IN "
+                "(SELECT id FROM chunks WHERE document_id = ?)",
+                (doc_id,),
+            )
+        self.conn.execute("DELETE FROM chunks WHERE document_id = ?", (doc_id,))
+        self.conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
+        return True
+
+    def _has_vec(self) -> bool:
+        return bool(
+            self.conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'chunks_vec'"
+            ).fetchall()
+        )
+
+    def reembed(
+        self,
+        embedder: Embedder,
+        text_for: Callable[[ChunkRow], str],
+        progress: Callable[[int, int], None] | None = None,
+        batch: int = 256,
+    ) -> int:
+        """Rebuild every vector with ``embedder`` in one transaction; return chunks embedded.
+
+        ``text_for`` gives the text to embed for a chunk (the same rule ingest used).
+        """
+        total = self.count("chunks")
+        with self.write():
+            self.conn.execute("DROP TABLE IF EXISTS chunks_vec")
+            create_vector_table(self.conn, embedder.dim)
+            done = 0
+            rows = list(self._iter_chunk_rows())
+            for start in range(0, len(rows), batch):
+                part = rows[start : start + batch]
+                vecs = embedder.embed([text_for(r) for r in part])
+                for row, vec in zip(part, vecs, strict=True):
+                    self.conn.execute(
+                        "INSERT INTO chunks_vec(rowid, embedding, collection) VALUES (?, ?, ?)",
+                        (row.id, np.ascontiguousarray(vec, dtype=np.float32).tobytes(),
+                         row.collection),
+                    )
+                done += len(part)
+                if progress:
+                    progress(done, total)
+            self._set_meta("embedder_id", embedder.id)
+            self._set_meta("embedder_dim", str(embedder.dim))
+        return total
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def count(self, table: str) -> int:
+        """Rows in ``documents``, ``chunks``, ``chunks_fts`` or ``chunks_vec``."""
+        if table not in {"documents", "chunks", "chunks_fts", "chunks_vec"}:
+            raise ValueError(table)
+        if table == "chunks_vec" and not self._has_vec():
+            return 0
+        return int(_one(self.conn, f"SELECT count(*) FROM {table}"))
+
+    def document(self, path: str) -> DocumentRow | None:
+        """The stored document with this path, if any."""
+        rows = _rows(
+            self.conn,
+            "SELECT id, path, sha256, size, mtime, title, kind, collection, chunk_count "
+            "FROM documents WHERE path = ?",
+            (path,),
+        )
+        return DocumentRow(*rows[0]) if rows else None
+
+    def documents(self, prefix: str | None = None) -> list[DocumentRow]:
+        """All documents, or those whose path starts with ``prefix``."""
+        sql = ("SELECT id, path, sha256, size, mtime, title, kind, collection, chunk_count "
+               "FROM documents")
+        args: tuple[Any, ...] = ()
+        if prefix:
+            sql += " WHERE substr(path, 1, length(?)) = ?"
+            args = (prefix, prefix)
+        return [DocumentRow(*r) for r in _rows(self.conn, sql + " ORDER BY path", args)]
+
+    def _iter_chunk_rows(self, ids: Iterable[int] | None = None) -> Iterator[ChunkRow]:
+        sql = ("SELECT c.id, c.document_id, c.ord, c.text, c.heading, c.page, d.path, d.title, "
+               "d.collection FROM chunks c JOIN documents d ON d.id = c.document_id")
+        if ids is None:
+            yield from (ChunkRow(*r) for r in _rows(self.conn, sql + " ORDER BY c.id"))
+            return
+        id_list = list(ids)
+        for start in range(0, len(id_list), 500):
+            part = id_list[start : start + 500]
+            marks = ",".join("?" * len(part))
+            yield from (
+                ChunkRow(*r) for r in _rows(self.conn, sql + f" WHERE c.id IN ({marks})", part)
+            )
+
+    def chunks(self, ids: Iterable[int]) -> dict[int, ChunkRow]:
+        """Chunks by id, joined with their documents."""
+        return {row.id: row for row in self._iter_chunk_rows(ids)}
+
+    def vector_search(
+        self, vector: npt.NDArray[np.float32], k: int, collection: str | None = None
+    ) -> list[tuple[int, float]]:
+        """The ``k`` nearest chunks as (chunk id, cosine similarity), best first."""
+        if not self._has_vec():
+            return []
+        blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+        k = max(1, min(int(k), 4096))
+        if collection is None:
+            rows = _rows(
+                self.conn,
+                "SELECT rowid, distance FROM chunks_vec WHERE embedding MATCH ? AND k = ?",
+                (blob, k),
+            )
+        else:
+            rows = _rows(
+                self.conn,
+                "SELECT rowid, distance FROM chunks_vec WHERE embedding MATCH ? AND k = ? "
+                "AND collection = ?",
+                (blob, k, collection),
+            )
+        return [(int(r), 1.0 - float(d)) for r, d in rows]
+
+    def keyword_search(
+        self, text: str, k: int, collection: str | None = None
+    ) -> list[tuple[int, float]]:
+        """The ``k`` best bm25 matches as (chunk id, relevance), best first.
+
+        Relevance is FTS5's bm25 rank negated (higher is better). The query is free text,
+        escaped by :func:`fts_query`.
+        """
+        query = fts_query(text)
+        if query is None:
+            return []
+        if collection is None:
+            sql = ("SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ? "
+                   "ORDER BY rank LIMIT ?")
+            args: tuple[Any, ...] = (query, int(k))
+        else:
+            sql = ("SELECT f.rowid, f.rank FROM chunks_fts f JOIN chunks c ON c.id = f.rowid "
+                   "JOIN documents d ON d.id = c.document_id WHERE chunks_fts MATCH ? "
+                   "AND d.collection = ? ORDER BY f.rank LIMIT ?")
+            args = (query, collection, int(k))
+        return [(int(r), -float(s)) for r, s in _rows(self.conn, sql, args)]
+
+    # -- health ----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Documents, chunks, file size and embedder, as ``kb stats --json`` prints them."""
+        meta = self.meta()
+        size = sum(
+            p.stat().st_size
+            for p in (self.path, Path(str(self.path) + "-wal"))
+            if p.exists()
+        )
+        collections = {
+            str(c): int(n)
+            for c, n in self.conn.execute(
+                "SELECT collection, count(*) FROM documents GROUP BY collection"
+            )
+        }
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "documents": self.count("documents"),
+            "chunks": self.count("chunks"),
+            "size_bytes": size,
+            "embedder": meta.get("embedder_id"),
+            "embedder_dim": int(meta["embedder_dim"]) if "embedder_dim" in meta else None,
+            "schema_version": int(meta.get("schema_version", "0")),
+            "collections": collections,
+        }
+
+    def check(self) -> list[str]:
+        """Integrity problems, one sentence each; empty when the knowledge base is sound."""
+        problems: list[str] = []
+        result = [r[0] for r in self.conn.execute("PRAGMA integrity_check")]
+        if result != ["ok"]:
+            problems += [f"integrity_check: {r}" for r in result[:10]]
+        try:
+            self.conn.execute(
+                "INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)"
+            )
+        except apsw.Error as exc:
+            problems.append(f"FTS index does not match the chunks: {exc}")
+        chunks = self.count("chunks")
+        fts = int(_one(self.conn, "SELECT count(*) FROM chunks_fts_docsize"))
+        if fts != chunks:
+            problems.append(f"{chunks} chunks but {fts} rows in the keyword index")
+        if self._has_vec():
+            vec = self.count("chunks_vec")
+            if vec != chunks:
+                problems.append(f"{chunks} chunks but {vec} vectors")
+            orphans = self.conn.execute(
+                "SELECT count(*) FROM chunks c WHERE NOT EXISTS "
+                "(SELECT 1 FROM chunks_vec v WHERE v.rowid = c.id)"
+            ).fetchall()[0][0]
+            if orphans:
+                problems.append(f"{orphans} chunks have no vector")
+        elif chunks:
+            problems.append(f"{chunks} chunks but no vector table")
+        bad_counts = self.conn.execute(
+            "SELECT count(*) FROM documents d WHERE chunk_count != "
+            "(SELECT count(*) FROM chunks c WHERE c.document_id = d.id)"
+        ).fetchall()[0][0]
+        if bad_counts:
+            problems.append(f"{bad_counts} documents whose chunk count does not match")
+        dupes = self.conn.execute(
+            "SELECT count(*) FROM (SELECT document_id, ord FROM chunks "
+            "GROUP BY document_id, ord HAVING count(*) > 1)"
+        ).fetchall()[0][0]
+        if dupes:
+            problems.append(f"{dupes} duplicated chunks")
+        return problems
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the main file (used before copying the file)."""
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -1,0 +1,205 @@
+"""Plain data types shared by every layer, and the protocols models implement."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "Answer",
+    "Chunk",
+    "Citation",
+    "Embedder",
+    "FailedFile",
+    "Generator",
+    "Hit",
+    "IngestReport",
+    "LoadedDocument",
+    "Section",
+]
+
+
+@dataclass(frozen=True)
+class Section:
+    """A run of text under one heading path, as a loader found it."""
+
+    text: str
+    heading_path: tuple[str, ...] = ()
+    page: int | None = None
+
+
+@dataclass(frozen=True)
+class LoadedDocument:
+    """What a loader extracts from one file: a title, a kind and its sections in order."""
+
+    title: str
+    kind: str
+    sections: list[Section]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document small enough for the embedder's window."""
+
+    order: int
+    text: str
+    heading_path: tuple[str, ...]
+    page: int | None
+    start: int
+    end: int
+    token_count: int
+
+    @property
+    def heading(self) -> str:
+        """The heading path joined for display, e.g. ``Guide > Install``."""
+        return " > ".join(self.heading_path)
+
+
+@dataclass
+class Hit:
+    """One retrieved chunk with its fused score and the raw per-channel evidence.
+
+    ``scores`` holds ``vector`` (cosine similarity, -1..1) and ``keyword`` (bm25 relevance,
+    higher is better; FTS5's rank negated) when that channel found the chunk, else None.
+    """
+
+    chunk_id: int
+    path: str
+    title: str
+    heading: str
+    text: str
+    score: float
+    page: int | None = None
+    collection: str = ""
+    scores: dict[str, float | None] = field(default_factory=dict)
+    ranks: dict[str, int | None] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The hit as ``appliance search --json`` prints it."""
+        return {
+            "chunk_id": self.chunk_id,
+            "path": self.path,
+            "heading": self.heading,
+            "text": self.text,
+            "score": self.score,
+            "scores": {
+                "vector": self.scores.get("vector"),
+                "keyword": self.scores.get("keyword"),
+            },
+        }
+
+
+@dataclass
+class FailedFile:
+    """A file that ingest skipped, with the one-line reason."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class IngestReport:
+    """Outcome of one ingest run."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: list[FailedFile] = field(default_factory=list)
+    chunks: int = 0
+    seconds: float = 0.0
+
+    @property
+    def chunks_per_s(self) -> float:
+        """Chunks written per second of the whole run."""
+        return self.chunks / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as ``appliance ingest --json`` prints it."""
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "removed": self.removed,
+            "failed": [asdict(f) for f in self.failed],
+            "chunks": self.chunks,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class Citation:
+    """A source an answer cites with ``[n]``."""
+
+    n: int
+    path: str
+    heading: str
+    chunk_id: int
+    score: float
+
+
+@dataclass
+class Answer:
+    """The answer record of DESIGN.md (what ``ask --json`` prints and ``batch`` writes)."""
+
+    id: str
+    question: str
+    answer: str
+    abstained: bool
+    citations: list[Citation]
+    closest: list[Citation]
+    mode: str
+    model: str
+    timings_ms: dict[str, float]
+    tokens: dict[str, int]
+    tokens_per_s: float
+    flags: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as JSON-ready data, field names as in DESIGN.md."""
+        return asdict(self)
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into L2-normalised float32 vectors."""
+
+    @property
+    def id(self) -> str:
+        """Registry id of the model, recorded in every knowledge base it builds."""
+        ...
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        ...
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embed ``texts`` into an array of shape (len(texts), dim)."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes in the embedder's window, special tokens excluded."""
+        ...
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A chat model that streams text."""
+
+    @property
+    def id(self) -> str:
+        """Registry id of the model."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes for this model."""
+        ...
+
+    def stream(self, messages: list[dict[str, str]], max_tokens: int) -> Iterator[str]:
+        """Yield the completion's text pieces for a chat ``messages`` list."""
+        ...

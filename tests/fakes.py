@@ -1,0 +1,57 @@
+"""Deterministic fakes for fast unit tests (the integration tests use the real models)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+
+_WORD = re.compile(r"\w+")
+
+
+def word_tokenizer() -> Tokenizer:
+    """A tokenizer with one token per word or punctuation mark (all unknown)."""
+    tok = Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()  # type: ignore[assignment]
+    return tok
+
+
+class HashEmbedder:
+    """Bag-of-words vectors by feature hashing: texts sharing words are similar."""
+
+    def __init__(self, dim: int = 64, model_id: str = "hash-64") -> None:
+        self._dim = dim
+        self._id = model_id
+        self.tokenizer = word_tokenizer()
+        self.max_tokens = 256
+        self.calls = 0
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.calls += 1
+        out = np.zeros((len(texts), self._dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in _WORD.findall(text.lower()):
+                h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=4).digest(), "big")
+                out[row, h % self._dim] += 1.0
+            norm = np.linalg.norm(out[row])
+            out[row] = out[row] / norm if norm else out[row]
+            if not norm:
+                out[row, 0] = 1.0
+        return out

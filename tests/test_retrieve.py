@@ -1,0 +1,73 @@
+"""Unit tests of fusion and the retriever with a fake embedder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.config import RetrieveSettings
+from appliance.errors import InputError
+from appliance.retrieve import Retriever, rrf_fuse
+from appliance.store import KnowledgeBase
+from appliance.types import Chunk
+from tests.fakes import HashEmbedder
+
+
+def test_rrf_weights_and_order() -> None:
+    fused = rrf_fuse({"vector": [1, 2, 3], "keyword": [3, 2]}, {"vector": 1, "keyword": 1}, k=60)
+    ids = [i for i, _ in fused]
+    assert ids[0] in (2, 3) and set(ids) == {1, 2, 3}
+    assert fused[0][1] == pytest.approx(1 / 62 + 1 / 62) or fused[0][1] == pytest.approx(1 / 63 + 1 / 61)
+    only_kw = rrf_fuse({"vector": [1], "keyword": [2]}, {"vector": 0, "keyword": 1})
+    assert [i for i, _ in only_kw] == [2]
+    heavier = rrf_fuse({"vector": [1], "keyword": [2]}, {"vector": 1, "keyword": 2})
+    assert heavier[0][0] == 2
+
+
+@pytest.fixture
+def retriever(tmp_path: Path):
+    emb = HashEmbedder()
+    kb = KnowledgeBase(tmp_path / "r.sqlite", create=True)
+    kb.bind_embedder(emb)
+    docs = {
+        "/docs/with.rst": "the with statement calls __enter__ and then __exit__ on the manager",
+        "/docs/for.rst": "the for statement iterates over the items of a sequence",
+        "/other/while.rst": "the while statement repeats while a condition is true",
+    }
+    for path, text in docs.items():
+        chunk = Chunk(0, text, (path,), None, 0, len(text), 10)
+        kb.replace_document(path=path, sha256=path, size=1, mtime=1, title=path, kind="rst",
+                            collection="other" if "other" in path else "docs", chunks=[chunk],
+                            vectors=emb.embed([text]))
+    yield Retriever(kb, emb, RetrieveSettings())
+    kb.close()
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "vector", "keyword"])
+def test_each_mode_finds_the_topic(retriever: Retriever, mode: str) -> None:
+    result = retriever.search("when is __exit__ called by the with statement", mode=mode, k=2)
+    assert result.hits[0].path == "/docs/with.rst"
+    assert result.timings_ms["search"] >= 0
+
+
+def test_hybrid_reports_both_channels(retriever: Retriever) -> None:
+    hit = retriever.search("with statement __exit__", k=1).hits[0]
+    assert hit.scores["vector"] is not None and hit.scores["keyword"] is not None
+    data = hit.to_json()
+    assert set(data) == {"chunk_id", "path", "heading", "text", "score", "scores"}
+
+
+def test_filters(retriever: Retriever) -> None:
+    hits = retriever.search("statement", k=5, collection="other").hits
+    assert [h.path for h in hits] == ["/other/while.rst"]
+    hits = retriever.search("statement", k=5, path_prefix="/docs/").hits
+    assert {h.path for h in hits} == {"/docs/with.rst", "/docs/for.rst"}
+
+
+def test_bad_queries(retriever: Retriever) -> None:
+    with pytest.raises(InputError):
+        retriever.search("   ")
+    with pytest.raises(InputError):
+        retriever.search("x", mode="fuzzy")
+    assert retriever.search('"((( -*: NEAR', mode="keyword").hits == []

@@ -1,0 +1,160 @@
+"""Unit tests of the SQLite store with a deterministic fake embedder."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import apsw
+import numpy as np
+import pytest
+
+from appliance.errors import EmbedderMismatchError, KnowledgeBaseNotFoundError, StoreBusyError
+from appliance.store import KnowledgeBase, fts_query
+from appliance.store.schema import SCHEMA_VERSION
+from appliance.types import Chunk
+from tests.fakes import HashEmbedder
+
+
+def _chunks(texts: list[str]) -> list[Chunk]:
+    return [Chunk(i, t, ("Doc", f"S{i}"), None, 0, len(t), len(t.split())) for i, t in enumerate(texts)]
+
+
+def _add(kb: KnowledgeBase, emb: HashEmbedder, path: str, texts: list[str], sha: str = "x",
+         collection: str = "default") -> int:
+    return kb.replace_document(
+        path=path, sha256=sha, size=1, mtime=1.0, title="Doc", kind="text",
+        collection=collection, chunks=_chunks(texts), vectors=emb.embed(texts),
+    )
+
+
+@pytest.fixture
+def kb(tmp_path: Path):
+    store = KnowledgeBase(tmp_path / "t.sqlite", create=True)
+    store.bind_embedder(HashEmbedder())
+    yield store
+    store.close()
+
+
+def test_schema_version_and_wal(kb: KnowledgeBase) -> None:
+    assert kb.meta()["schema_version"] == str(SCHEMA_VERSION)
+    assert kb.conn.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
+
+
+def test_missing_kb_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(KnowledgeBaseNotFoundError, match="appliance ingest"):
+        KnowledgeBase(tmp_path / "nope.sqlite")
+
+
+def test_replace_is_atomic_and_keeps_indexes_in_step(kb: KnowledgeBase) -> None:
+    emb = HashEmbedder()
+    _add(kb, emb, "/a.txt", ["alpha beta", "gamma delta"])
+    _add(kb, emb, "/b.txt", ["epsilon zeta"])
+    assert kb.count("chunks") == 3 and kb.count("chunks_vec") == 3
+    _add(kb, emb, "/a.txt", ["alpha only"], sha="y")
+    assert kb.count("chunks") == 2 and kb.count("chunks_vec") == 2
+    assert kb.document("/a.txt").sha256 == "y"  # type: ignore[union-attr]
+    assert kb.check() == []
+    assert [cid for cid, _ in kb.keyword_search("gamma", 5)] == []
+    assert kb.remove_document("/a.txt") and not kb.remove_document("/a.txt")
+    assert kb.count("chunks") == 1 and kb.check() == []
+
+
+def test_failed_write_rolls_back(kb: KnowledgeBase) -> None:
+    emb = HashEmbedder()
+    with pytest.raises(ValueError):
+        kb.replace_document(path="/c.txt", sha256="s", size=1, mtime=1, title="t", kind="text",
+                            collection="default", chunks=_chunks(["a", "b"]),
+                            vectors=emb.embed(["a"]))
+    bad_vectors = np.zeros((2, 3), dtype=np.float32)  # wrong dimension: sqlite-vec refuses
+    with pytest.raises(apsw.Error):
+        kb.replace_document(path="/c.txt", sha256="s", size=1, mtime=1, title="t", kind="text",
+                            collection="default", chunks=_chunks(["a", "b"]), vectors=bad_vectors)
+    assert kb.document("/c.txt") is None and kb.count("chunks") == 0 and kb.check() == []
+
+
+def test_check_finds_missing_vectors(kb: KnowledgeBase) -> None:
+    emb = HashEmbedder()
+    _add(kb, emb, "/a.txt", ["alpha beta", "gamma"])
+    kb.conn.execute("DELETE FROM chunks_vec WHERE rowid = (SELECT min(id) FROM chunks)")
+    problems = kb.check()
+    assert any("vectors" in p for p in problems)
+
+
+def test_embedder_mismatch_is_refused(kb: KnowledgeBase) -> None:
+    with pytest.raises(EmbedderMismatchError, match="kb reembed"):
+        kb.check_embedder(HashEmbedder(dim=32, model_id="other"))
+
+
+def test_reembed_switches_embedder(kb: KnowledgeBase) -> None:
+    _add(kb, HashEmbedder(), "/a.txt", ["alpha beta", "gamma"])
+    other = HashEmbedder(dim=32, model_id="other")
+    assert kb.reembed(other, lambda r: r.text) == 2
+    kb.check_embedder(other)
+    assert kb.check() == []
+    hits = kb.vector_search(other.embed(["gamma"])[0], 1)
+    assert hits and hits[0][1] > 0.99
+
+
+def test_vector_search_uses_knn_and_collection_filter(kb: KnowledgeBase) -> None:
+    emb = HashEmbedder()
+    _add(kb, emb, "/a.txt", ["red apples and pears"], collection="fruit")
+    _add(kb, emb, "/b.txt", ["red cars and trucks"], collection="cars")
+    q = emb.embed(["red apples"])[0]
+    top = kb.vector_search(q, 2)
+    assert len(top) == 2 and top[0][1] >= top[1][1]
+    only = kb.vector_search(q, 5, collection="cars")
+    assert len(only) == 1 and kb.chunks([only[0][0]])[only[0][0]].path == "/b.txt"
+
+
+HOSTILE_QUERIES = [
+    '"', '""', "'", "a AND", "OR", "NOT x", "NEAR(a b)", "-x", "*", "col:val", "text:foo",
+    "(((", ")", "a* b*", "^x", "{a b}", "[x]", "a + b", "\\", "\x00", "  ", "über—straße",
+    "__exit__", "x" * 5000, "emoji 🙂 ok", '"unbalanced', "a:b:c", "heading: x",
+]
+
+
+@pytest.mark.parametrize("query", HOSTILE_QUERIES)
+def test_keyword_search_never_raises(kb: KnowledgeBase, query: str) -> None:
+    _add(kb, HashEmbedder(), "/a.txt", ["the with statement calls __exit__ on the manager"])
+    kb.keyword_search(query, 5)
+
+
+def test_fts_query_quotes_every_word() -> None:
+    assert fts_query('how does "with" call __exit__?') == '"call" OR "__exit__"'
+    assert fts_query("the and of") == '"the" OR "and" OR "of"'
+    assert fts_query("*** ---") is None
+
+
+def test_keyword_search_finds_dunder_names(kb: KnowledgeBase) -> None:
+    _add(kb, HashEmbedder(), "/a.txt", ["the manager's __exit__ method is invoked", "unrelated"])
+    hits = kb.keyword_search("when is __exit__ called", 5)
+    assert len(hits) == 1
+
+
+def test_second_writer_waits_then_fails_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / "busy.sqlite"
+    first = KnowledgeBase(path, create=True)
+    first.bind_embedder(HashEmbedder())
+    second = KnowledgeBase(path, busy_timeout_ms=200)
+    released = threading.Event()
+
+    def hold() -> None:
+        with first.write():
+            released.wait(5)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    time.sleep(0.1)
+    try:
+        with pytest.raises(StoreBusyError, match="busy"):
+            second.remove_document("/x")
+        # readers are not blocked by the writer (WAL)
+        assert second.count("documents") == 0
+    finally:
+        released.set()
+        t.join()
+    assert second.remove_document("/x") is False
+    first.close()
+    second.close()
