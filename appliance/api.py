@@ -7,12 +7,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from appliance.config import Settings, load_settings
 from appliance.embed import OnnxEmbedder, load_embedder
+from appliance.errors import InputError
 from appliance.ingest.chunking import Chunker, embed_text
 from appliance.ingest.runner import ProgressFn
 from appliance.ingest.runner import ingest as run_ingest
@@ -75,6 +77,9 @@ class Appliance:
         progress: ProgressFn | None = None,
     ) -> IngestReport:
         """Ingest files and folders into ``kb`` (created when missing)."""
+        for path in paths:
+            if not os.path.lexists(path):
+                raise InputError(f"{path} does not exist; check the path.")
         self._retrievers.pop(kb, None)
         with self.open_kb(kb, create=True) as store:
             return run_ingest(

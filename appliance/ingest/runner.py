@@ -17,11 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.ingest.sandbox import LoaderSandbox
-
 from appliance.config import IngestSettings
 from appliance.errors import DocumentError, InputError
 from appliance.ingest.chunking import Chunker, embed_text
+from appliance.ingest.loaders import format_bytes
+from appliance.ingest.sandbox import LoaderSandbox
 from appliance.store import KnowledgeBase
 from appliance.types import Embedder, FailedFile, IngestReport
 
@@ -173,7 +173,7 @@ def _ingest_one(
     st = os.stat(path)
     if st.st_size > settings.max_file_bytes:
         raise DocumentError(
-            f"{st.st_size / 1e6:.1f} MB, over the {settings.max_file_bytes / 1e6:.1f} MB limit "
+            f"{format_bytes(st.st_size)}, over the {format_bytes(settings.max_file_bytes)} limit "
             "(ingest.max_file_bytes)"
         )
     digest = _sha256(path)

@@ -1,0 +1,41 @@
+"""The CLI's error contract: one actionable sentence, a non-zero exit, tracebacks on --debug."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import run_cli
+
+
+def test_missing_kb_is_one_sentence(tmp_path: Path) -> None:
+    proc = run_cli("search", "anything", "--kb", "nope", home=tmp_path)
+    assert proc.returncode == 3
+    assert "does not exist" in proc.stderr and "appliance ingest" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    debug = run_cli("--debug", "search", "anything", "--kb", "nope", home=tmp_path)
+    assert debug.returncode == 3 and "Traceback" in debug.stderr
+
+
+def test_bad_kb_name_and_missing_path(tmp_path: Path) -> None:
+    proc = run_cli("ingest", str(tmp_path), "--kb", "../evil", home=tmp_path)
+    assert proc.returncode == 2 and "not a valid knowledge base name" in proc.stderr
+    proc = run_cli("ingest", str(tmp_path / "missing"), home=tmp_path)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_bad_setting_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text("[ingest]\nchunk_tokens = 5\n")
+    proc = run_cli("kb", "list", home=tmp_path)
+    assert proc.returncode == 2 and "ingest.chunk_tokens" in proc.stderr
+
+
+def test_help_lists_commands(tmp_path: Path) -> None:
+    proc = run_cli("--help", home=tmp_path)
+    assert proc.returncode == 0
+    for command in ("ingest", "search", "kb", "models", "demo"):
+        assert command in proc.stdout
+
+
+def test_kb_list_empty(tmp_path: Path) -> None:
+    proc = run_cli("kb", "list", home=tmp_path)
+    assert proc.returncode == 0 and "No knowledge bases" in proc.stdout
