@@ -18,7 +18,10 @@ from tests.fakes import HashEmbedder
 
 
 def _chunks(texts: list[str]) -> list[Chunk]:
-    return [Chunk(i, t, ("Doc", f"S{i}"), None, 0, len(t), len(t.split())) for i, t in enumerate(texts)]
+    return [
+        Chunk(i, t, ("Doc", f"S{i}"), None, 0, len(t), len(t.split()))
+        for i, t in enumerate(texts)
+    ]
 
 
 def _add(kb: KnowledgeBase, emb: HashEmbedder, path: str, texts: list[str], sha: str = "x",
