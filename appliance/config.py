@@ -201,7 +201,7 @@ def load_settings(home: Path | None = None, **overrides: dict[str, Any]) -> Sett
 
     ``overrides`` maps a section name to field values, e.g. ``ingest={"chunk_tokens": 128}``.
     """
-    base = home.expanduser().resolve() if home else data_dir()
+    base = Path(home).expanduser().resolve() if home else data_dir()
     raw: dict[str, Any] = {}
     cfg = base / "config.toml"
     if cfg.is_file():

@@ -23,4 +23,5 @@ def load_embedder(settings: Settings, registry: Registry | None = None) -> OnnxE
         max_tokens=min(settings.embed.max_tokens, int(entry.extra.get("max_tokens", 512))),
         batch_size=settings.embed.batch_size,
         threads=settings.embed.threads,
+        per_text=entry.extra.get("quantization") == "dynamic",
     )

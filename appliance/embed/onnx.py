@@ -37,7 +37,10 @@ class OnnxEmbedder:
     """Mean-pooled, L2-normalised sentence embeddings from a BERT-style ONNX model.
 
     Texts are truncated at ``max_tokens`` (special tokens included) and embedded in
-    batches of similar length, so padding stays small.
+    batches of similar length, so padding stays small. A dynamically quantized model
+    computes one activation scale per input tensor, so a text's vector would depend on its
+    batch-mates; such models (``per_text=True``) embed one text per call, which keeps every
+    vector identical to the query-time vector of the same text.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class OnnxEmbedder:
         max_tokens: int = 256,
         batch_size: int = 32,
         threads: int = 0,
+        per_text: bool = False,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -56,7 +60,7 @@ class OnnxEmbedder:
         self._id = model_id
         self._dim = dim
         self.max_tokens = max_tokens
-        self.batch_size = batch_size
+        self.batch_size = 1 if per_text else batch_size
         try:
             self._tokenizer = Tokenizer.from_file(str(tokenizer_path))
         except Exception as exc:  # tokenizers raises a bare Exception on bad files
