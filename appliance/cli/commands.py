@@ -1,98 +1,20 @@
-"""The ``appliance`` command: a thin layer over :class:`appliance.api.Appliance`."""
+"""Knowledge-base commands: ingest, search, demo, kb, models."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
-from appliance.config import RetrieveSettings, load_settings
+from appliance.cli._base import AppContext, cli, describe, err, out, pass_ctx, progress_bar
+from appliance.config import RetrieveSettings
 from appliance.errors import ApplianceError, InputError
 
-__all__ = ["main"]
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
-
-
-def _describe(model: type, name: str) -> str:
-    """Help text for an option, taken from the settings field it overrides."""
-    return str(model.model_fields[name].description or "")  # type: ignore[attr-defined]
-
-
-class _Ctx:
-    def __init__(self, debug: bool) -> None:
-        self.debug = debug
-        self._app: Any = None
-
-    @property
-    def app(self) -> Any:
-        if self._app is None:
-            from appliance.api import Appliance
-
-            self._app = Appliance(load_settings())
-        return self._app
-
-
-pass_ctx = click.make_pass_decorator(_Ctx)
-
-
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-@click.version_option(package_name="appliance")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
-    """Offline question answering over your own documents.
-
-    Data (knowledge bases, feedback, trained models) lives in $APPLIANCE_HOME, else the
-    platform's user data directory. Nothing here uses the network.
-    """
-    ctx.obj = _Ctx(debug)
-    if ctx.invoked_subcommand is None:
-        click.echo(ctx.get_help())
-
-
 # -- ingest ----------------------------------------------------------------------------------
-
-
-@contextmanager
-def _progress(label: str, enabled: bool) -> Iterator[Any]:
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[item]}", style="dim"),
-        console=err,
-        transient=True,
-        disable=not enabled,
-    )
-    with progress:
-        task = progress.add_task(label, total=None, item="")
-
-        def update(done: int, total: int, item: str = "") -> None:
-            name = os.path.basename(item)
-            progress.update(task, completed=done, total=total, item=name[:40])
-
-        yield update
 
 
 @cli.command()
@@ -104,7 +26,7 @@ def _progress(label: str, enabled: bool) -> Iterator[Any]:
 @click.option("--strict", is_flag=True, help="Exit non-zero when any file failed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_ctx
-def ingest(c: _Ctx, paths: tuple[Path, ...], kb: str, collection: str, prune: bool,
+def ingest(c: AppContext, paths: tuple[Path, ...], kb: str, collection: str, prune: bool,
            strict: bool, as_json: bool) -> None:
     """Add files and folders (.txt .md .rst .html .pdf .docx) to a knowledge base.
 
@@ -112,7 +34,7 @@ def ingest(c: _Ctx, paths: tuple[Path, ...], kb: str, collection: str, prune: bo
     be read are listed with a reason and the rest goes on. Exit 0 when the run completed,
     4 when nothing could be ingested, 1 with --strict when any file failed.
     """
-    with _progress("Ingesting", not as_json) as update:
+    with progress_bar("Ingesting", not as_json) as update:
         report = c.app.ingest(list(paths), kb=kb, collection=collection, prune=prune,
                               progress=update)
     if as_json:
@@ -146,16 +68,16 @@ def ingest(c: _Ctx, paths: tuple[Path, ...], kb: str, collection: str, prune: bo
 @click.argument("query", required=False)
 @click.option("--kb", default="default", show_default=True, help="Knowledge base to search.")
 @click.option("--k", "k", type=click.IntRange(1, 100), default=None,
-              help=_describe(RetrieveSettings, "k") + " [default: 5]")
+              help=describe(RetrieveSettings, "k") + " [default: 5]")
 @click.option("--mode", type=click.Choice(["hybrid", "vector", "keyword"]), default=None,
-              help=_describe(RetrieveSettings, "mode") + " [default: hybrid]")
+              help=describe(RetrieveSettings, "mode") + " [default: hybrid]")
 @click.option("--collection", default=None, help="Only search this collection.")
 @click.option("--path-prefix", default=None, help="Only search documents under this path.")
 @click.option("--queries", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Run every line of this file as a query (one process, one model load).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per query.")
 @pass_ctx
-def search(c: _Ctx, query: str | None, kb: str, k: int | None, mode: str | None,
+def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str | None,
            collection: str | None, path_prefix: str | None, queries: Path | None,
            as_json: bool) -> None:
     """Search a knowledge base (no generation): the chunks an answer would be built from."""
@@ -202,7 +124,7 @@ def search(c: _Ctx, query: str | None, kb: str, k: int | None, mode: str | None,
 @click.option("--corpus", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to write the corpus [default: DATA_DIR/demo/pydoc-topics].")
 @pass_ctx
-def demo(c: _Ctx, kb: str, corpus: Path | None) -> None:
+def demo(c: AppContext, kb: str, corpus: Path | None) -> None:
     """Build a knowledge base from CPython's reference topics and search it.
 
     The corpus (79 documents from the standard library's pydoc_data) is written as files,
@@ -213,7 +135,7 @@ def demo(c: _Ctx, kb: str, corpus: Path | None) -> None:
     target = corpus or c.app.settings.home / "demo" / "pydoc-topics"
     changed = write_pydoc_corpus(target)
     out.print(f"[bold]Demo corpus[/] {target} ({changed} files written)")
-    with _progress("Ingesting", True) as update:
+    with progress_bar("Ingesting", True) as update:
         report = c.app.ingest([target], kb=kb, progress=update)
     out.print(f"ingested: {report.added} added, {report.updated} updated, {report.unchanged} "
               f"unchanged, {len(report.failed)} failed, {report.chunks} chunks in "
@@ -236,7 +158,7 @@ def kb() -> None:
 @kb.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
-def kb_list(c: _Ctx, as_json: bool) -> None:
+def kb_list(c: AppContext, as_json: bool) -> None:
     """List the knowledge bases in the data directory."""
     stats = [c.app.kb_stats(name) for name in c.app.list_kbs()]
     if as_json:
@@ -257,7 +179,7 @@ def kb_list(c: _Ctx, as_json: bool) -> None:
 @click.argument("name", default="default")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
-def kb_stats(c: _Ctx, name: str, as_json: bool) -> None:
+def kb_stats(c: AppContext, name: str, as_json: bool) -> None:
     """Documents, chunks, size and embedder of a knowledge base."""
     s = c.app.kb_stats(name)
     if as_json:
@@ -270,7 +192,7 @@ def kb_stats(c: _Ctx, name: str, as_json: bool) -> None:
 @kb.command("check")
 @click.argument("name", default="default")
 @pass_ctx
-def kb_check(c: _Ctx, name: str) -> None:
+def kb_check(c: AppContext, name: str) -> None:
     """Check integrity: SQLite, and agreement of chunks, keyword index and vectors."""
     problems = c.app.kb_check(name)
     if problems:
@@ -284,7 +206,7 @@ def kb_check(c: _Ctx, name: str) -> None:
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_ctx
-def kb_remove(c: _Ctx, name: str, yes: bool) -> None:
+def kb_remove(c: AppContext, name: str, yes: bool) -> None:
     """Delete a knowledge base file."""
     if not yes and not click.confirm(f"Delete knowledge base '{name}'?", err=True):
         sys.exit(1)
@@ -295,9 +217,9 @@ def kb_remove(c: _Ctx, name: str, yes: bool) -> None:
 @kb.command("reembed")
 @click.argument("name", default="default")
 @pass_ctx
-def kb_reembed(c: _Ctx, name: str) -> None:
+def kb_reembed(c: AppContext, name: str) -> None:
     """Rebuild a knowledge base's vectors with the current embedder."""
-    with _progress("Re-embedding", True) as update:
+    with progress_bar("Re-embedding", True) as update:
         n = c.app.kb_reembed(name, progress=lambda d, t: update(d, t))
     out.print(f"re-embedded {n} chunks of '{name}' with {c.app.embedder.id}")
 
@@ -313,7 +235,7 @@ def models() -> None:
 @models.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print every entry as JSON.")
 @pass_ctx
-def models_list(c: _Ctx, as_json: bool) -> None:
+def models_list(c: AppContext, as_json: bool) -> None:
     """List packaged and user models."""
     entries = list(c.app.registry)
     if as_json:
@@ -328,7 +250,7 @@ def models_list(c: _Ctx, as_json: bool) -> None:
 
 @models.command("verify")
 @pass_ctx
-def models_verify(c: _Ctx) -> None:
+def models_verify(c: AppContext) -> None:
     """Check every model file against its manifest sha256."""
     bad = 0
     for e in c.app.registry:
@@ -341,37 +263,4 @@ def models_verify(c: _Ctx) -> None:
     if bad:
         sys.exit(5)
 
-
-# -- entry point ----------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; map ApplianceError to one sentence and its exit code."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
-    try:
-        cli.main(args=argv, prog_name="appliance", standalone_mode=False)
-    except click.exceptions.Abort:
-        err.print("Aborted.")
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except ApplianceError as exc:
-        if debug:
-            traceback.print_exc()
-        err.print(f"[bold red]{exc.title}:[/] {exc.message}")
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("Interrupted; everything committed so far is kept.")
-        sys.exit(130)
-    except Exception as exc:  # a bug: still one sentence unless --debug
-        if debug:
-            traceback.print_exc()
-        err.print(f"[bold red]Unexpected error:[/] {type(exc).__name__}: {exc} "
-                  "(run again with --debug for the traceback and report it).")
-        sys.exit(70)
-
-
-if __name__ == "__main__":
-    main()
 
