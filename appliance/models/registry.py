@@ -22,6 +22,7 @@ from appliance.errors import ConfigError, ModelHashError, ModelNotFoundError
 
 __all__ = ["ModelEntry", "Registry", "sha256_file"]
 
+_SETUP_ONLY = {"acquire", "extra_files"}  # read by scripts/acquire_models.py only
 _KNOWN = {"id", "role", "format", "file", "sha256", "size", "source", "licence", "description",
           "default", "lineage"}
 
@@ -212,7 +213,7 @@ def _read_manifest(path: Path, base: Path, origin: str) -> list[ModelEntry]:
                 description=str(raw.get("description", "")),
                 default=bool(raw.get("default", False)),
                 lineage=raw.get("lineage"),
-                extra={k: v for k, v in raw.items() if k not in _KNOWN and k != "acquire"},
+                extra={k: v for k, v in raw.items() if k not in _KNOWN and k not in _SETUP_ONLY},
             )
         )
     return entries
