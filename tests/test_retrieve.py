@@ -71,3 +71,19 @@ def test_bad_queries(retriever: Retriever) -> None:
     with pytest.raises(InputError):
         retriever.search("x", mode="fuzzy")
     assert retriever.search('"((( -*: NEAR', mode="keyword").hits == []
+
+
+def test_score_fusion_uses_both_channels() -> None:
+    from appliance.retrieve import score_fuse
+
+    fused = score_fuse({1: 0.9, 2: 0.5, 3: 0.1}, {2: 10.0, 3: 5.0}, {"vector": 1, "keyword": 1})
+    assert [cid for cid, _ in fused] == [2, 1, 3]
+    assert fused[0][1] == pytest.approx((0.5 + 1.0) / 2)
+    vector_only = score_fuse({1: 0.9, 2: 0.5}, {2: 10.0}, {"vector": 1, "keyword": 0})
+    assert [cid for cid, _ in vector_only] == [1, 2]
+
+
+def test_rrf_fusion_setting(retriever: Retriever) -> None:
+    retriever.settings = RetrieveSettings(fusion="rrf")
+    hits = retriever.search("with statement __exit__", k=1).hits
+    assert hits[0].path == "/docs/with.rst" and hits[0].score < 0.05

@@ -161,3 +161,30 @@ def test_second_writer_waits_then_fails_cleanly(tmp_path: Path) -> None:
     assert second.remove_document("/x") is False
     first.close()
     second.close()
+
+
+def test_binary_prefilter_rescores_exactly(kb: KnowledgeBase) -> None:
+    emb = HashEmbedder()
+    texts = [f"document number {i} about topic {i % 7} and item {i * 3}" for i in range(60)]
+    _add(kb, emb, "/many.txt", texts)
+    q = emb.embed(["topic 3 and item 9"])[0]
+    exact = kb.vector_search(q, 5)
+    approx = kb.vector_search(q, 5, prefilter_from=0, oversample=12)
+    assert approx[0] == pytest.approx(exact[0])
+    assert [s for _, s in approx] == sorted((s for _, s in approx), reverse=True)
+    assert kb.count("chunks_bin") == 60 and kb.check() == []
+
+
+def test_migration_adds_binary_codes_to_a_version_1_file(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    kb = KnowledgeBase(path, create=True)
+    emb = HashEmbedder()
+    kb.bind_embedder(emb)
+    _add(kb, emb, "/a.txt", ["alpha beta", "gamma"])
+    kb.conn.execute("DROP TABLE chunks_bin")  # what a schema-1 file looked like
+    kb.conn.execute("PRAGMA user_version = 1")
+    kb.close()
+    reopened = KnowledgeBase(path)
+    assert reopened.meta()["schema_version"] == str(SCHEMA_VERSION)
+    assert reopened.count("chunks_bin") == 2 and reopened.check() == []
+    reopened.close()

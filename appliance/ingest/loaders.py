@@ -206,11 +206,21 @@ def _document(title: str, kind: str, sections: list[Section], path: Path) -> Loa
 # ---------------------------------------------------------------------------------------
 
 
+def _text_title(text: str) -> str | None:
+    """A first line that stands alone (short, then a blank line) is the document's title."""
+    lines = text.lstrip("\n").split("\n", 2)
+    if len(lines) == 3 and not lines[1].strip() and lines[2].strip():
+        first = lines[0].strip()
+        if 0 < len(first) <= 120 and not first.endswith((".", ",", ";", ":")):
+            return first
+    return None
+
+
 def _load_text(path: Path, data: bytes, settings: IngestSettings) -> LoadedDocument:
     text = _decode_utf8(data)
     out = _Sections()
     out.add(text)
-    return _document(path.stem, "text", out.sections, path)
+    return _document(_text_title(text) or path.stem, "text", out.sections, path)
 
 
 # ---------------------------------------------------------------------------------------

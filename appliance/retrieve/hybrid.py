@@ -6,12 +6,15 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
+
 from appliance.config import RetrieveSettings
 from appliance.errors import InputError
 from appliance.store import KnowledgeBase
 from appliance.types import Embedder, Hit
 
-__all__ = ["Retriever", "SearchResult", "rrf_fuse"]
+__all__ = ["Retriever", "SearchResult", "rrf_fuse", "score_fuse"]
 
 MODES = ("hybrid", "vector", "keyword")
 
@@ -32,6 +35,27 @@ def rrf_fuse(
         for rank, chunk_id in enumerate(ids, start=1):
             scores[chunk_id] = scores.get(chunk_id, 0.0) + weight / (k + rank)
     return sorted(scores.items(), key=lambda item: item[1], reverse=True)
+
+
+def score_fuse(
+    cosine: Mapping[int, float],
+    bm25: Mapping[int, float],
+    weights: Mapping[str, float],
+) -> list[tuple[int, float]]:
+    """Weighted mean of cosine similarity and bm25 relative to the best bm25 of the query.
+
+    Every candidate needs its cosine (``cosine`` covers the union of both channels); a
+    candidate the keyword channel did not return counts as bm25 0. Scores lie in [-1, 1];
+    unlike RRF scores they say how well the best hit matches, not only its rank.
+    """
+    wv, wk = weights.get("vector", 1.0), weights.get("keyword", 1.0)
+    total = wv + wk or 1.0
+    best = max((s for s in bm25.values() if s > 0), default=0.0)
+    fused = {
+        cid: (wv * cos + wk * (bm25.get(cid, 0.0) / best if best else 0.0)) / total
+        for cid, cos in cosine.items()
+    }
+    return sorted(fused.items(), key=lambda item: item[1], reverse=True)
 
 
 @dataclass
@@ -83,11 +107,15 @@ class Retriever:
         timings: dict[str, float] = {"embed": 0.0, "search": 0.0}
         vector: list[tuple[int, float]] = []
         keyword: list[tuple[int, float]] = []
+        qvec: npt.NDArray[np.float32] | None = None
         if mode in ("hybrid", "vector"):
             t0 = time.perf_counter()
             qvec = self.embedder.embed([query])[0]
             t1 = time.perf_counter()
-            vector = self.kb.vector_search(qvec, depth, collection)
+            vector = self.kb.vector_search(
+                qvec, depth, collection,
+                prefilter_from=self.settings.prefilter_from, oversample=self.settings.oversample,
+            )
             timings["embed"] = (t1 - t0) * 1000
             timings["search"] += (time.perf_counter() - t1) * 1000
         t2 = time.perf_counter()
@@ -102,8 +130,15 @@ class Retriever:
             fused = [(i, s) for i, s in vector]
         elif mode == "keyword":
             fused = [(i, s) for i, s in keyword]
-        else:
+        elif self.settings.fusion == "rrf":
             fused = rrf_fuse(rankings, weights, self.settings.rrf_k)
+        else:
+            cosine = dict(vector)
+            missing = [cid for cid, _ in keyword if cid not in cosine]
+            if qvec is not None:
+                cosine.update(self.kb.similarities(qvec, missing))
+            vector = list(cosine.items())
+            fused = score_fuse(cosine, dict(keyword), weights)
         vec_score = dict(vector)
         kw_score = dict(keyword)
         vec_rank = {cid: r for r, cid in enumerate(rankings["vector"], start=1)}

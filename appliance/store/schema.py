@@ -57,7 +57,20 @@ def _m1(conn: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_m1]
+def _m2(conn: apsw.Connection) -> None:
+    """Binary codes of the vectors (``chunks_bin``) for a fast prefilter on large bases."""
+    has_vec = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'chunks_vec'").fetchall()
+    if not has_vec:
+        return  # created with the float table once an embedder is bound
+    dim = int(conn.execute("SELECT value FROM meta WHERE key = 'embedder_dim'").fetchall()[0][0])  # type: ignore[arg-type]
+    _create_binary_table(conn, dim)
+    conn.execute(
+        "INSERT INTO chunks_bin(rowid, embedding, collection) "
+        "SELECT rowid, vec_quantize_binary(embedding), collection FROM chunks_vec"
+    )
+
+
+MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_m1, _m2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -78,9 +91,17 @@ def migrate(conn: apsw.Connection) -> int:
     return current
 
 
+def _create_binary_table(conn: apsw.Connection, dim: int) -> None:
+    conn.execute(
+        f"CREATE VIRTUAL TABLE chunks_bin USING vec0(embedding bit[{int(dim)}], collection text)"
+    )
+
+
 def create_vector_table(conn: apsw.Connection, dim: int) -> None:
-    """Create ``chunks_vec`` for unit vectors of ``dim`` floats (cosine distance)."""
+    """Create ``chunks_vec`` (unit vectors of ``dim`` floats, cosine distance) and
+    ``chunks_bin`` (their sign bits, searched by Hamming distance as a prefilter)."""
     conn.execute(
         f"CREATE VIRTUAL TABLE chunks_vec USING vec0("
         f"embedding float[{int(dim)}] distance_metric=cosine, collection text)"
     )
+    _create_binary_table(conn, dim)

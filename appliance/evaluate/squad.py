@@ -1,0 +1,304 @@
+"""SQuAD 2.0 data for evaluation: loading, a fixed dev/test split, a corpus, EM and F1.
+
+The metrics follow the official SQuAD v2 evaluation script: answers are normalised
+(lowercase, ASCII punctuation removed, the articles *a*, *an*, *the* dropped, whitespace
+collapsed), exact match compares the normalised strings, token F1 compares their token
+multisets, and both take the best score over the gold answers. Gold answers that normalise
+to nothing are ignored; a question with no gold answer left (unanswerable) expects the
+empty prediction.
+
+The split is by article, so no paragraph of a test article is ever seen while tuning.
+Articles are ordered by the sha256 of ``"<seed>:<title>"`` (independent of Python's random
+module and of the file's order) and the first ``round(n * dev_fraction)`` go to dev. With
+the default seed the shared file (8 articles, ``/work/shared/data/squad2-dev-a``) splits
+into :data:`DEV_ARTICLES` (1,378 questions, 654 answerable) and :data:`TEST_ARTICLES`
+(1,450 questions, 645 answerable).
+
+Only the standard library and nothing heavy is imported here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import string
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEV_ARTICLES",
+    "SPLIT_SEED",
+    "TEST_ARTICLES",
+    "Article",
+    "Paragraph",
+    "Question",
+    "answer_in_text",
+    "corpus_file_name",
+    "exact_match",
+    "load_squad",
+    "normalize_answer",
+    "normalize_whitespace",
+    "parse_corpus_name",
+    "questions",
+    "split_articles",
+    "token_f1",
+    "write_corpus",
+]
+
+SPLIT_SEED = 0
+"""Seed of :func:`split_articles`; chosen so that dev and test hold similar question counts."""
+
+DEV_ARTICLES: tuple[str, ...] = (
+    "1973_oil_crisis",
+    "French_and_Indian_War",
+    "Imperialism",
+    "Scottish_Parliament",
+)
+"""Development (tuning) articles of the shared file under the default split."""
+
+TEST_ARTICLES: tuple[str, ...] = (
+    "Huguenot",
+    "Normans",
+    "Packet_switching",
+    "Yuan_dynasty",
+)
+"""Test (reporting) articles of the shared file under the default split."""
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question with its gold answer texts (empty when unanswerable)."""
+
+    id: str
+    question: str
+    answers: list[str]
+    answerable: bool
+    article: str
+    paragraph_index: int
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    """A context paragraph and the questions asked about it."""
+
+    context: str
+    questions: list[Question] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Article:
+    """A Wikipedia article: its title and paragraphs in order."""
+
+    title: str
+    paragraphs: list[Paragraph] = field(default_factory=list)
+
+    @property
+    def questions(self) -> list[Question]:
+        """Every question of the article, in file order."""
+        return [q for p in self.paragraphs for q in p.questions]
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def load_squad(path: Path) -> list[Article]:
+    """Read a file in the official SQuAD (1.1 or 2.0) JSON layout.
+
+    Questions without ``is_impossible`` (SQuAD 1.1) count as answerable. Duplicate answer
+    texts of a question are kept once, in order. Raises ValueError naming the bad field.
+    """
+    raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object with a 'data' list")
+    articles: list[Article] = []
+    for a_i, art in enumerate(_list(raw.get("data"), "data")):
+        title = _str(art.get("title"), f"data[{a_i}].title")
+        paragraphs: list[Paragraph] = []
+        for p_i, par in enumerate(_list(art.get("paragraphs"), f"data[{a_i}].paragraphs")):
+            where = f"data[{a_i}].paragraphs[{p_i}]"
+            context = _str(par.get("context"), f"{where}.context")
+            qs: list[Question] = []
+            for q_i, qa in enumerate(_list(par.get("qas", []), f"{where}.qas")):
+                qwhere = f"{where}.qas[{q_i}]"
+                answers: dict[str, None] = {}
+                for n, ans in enumerate(_list(qa.get("answers", []), f"{qwhere}.answers")):
+                    answers.setdefault(_str(ans.get("text"), f"{qwhere}.answers[{n}].text"))
+                impossible = bool(qa.get("is_impossible", False))
+                qs.append(
+                    Question(
+                        id=str(qa.get("id", f"{title}-{p_i}-{q_i}")),
+                        question=_str(qa.get("question"), f"{qwhere}.question"),
+                        answers=[] if impossible else list(answers),
+                        answerable=not impossible and bool(answers),
+                        article=title,
+                        paragraph_index=p_i,
+                    )
+                )
+            paragraphs.append(Paragraph(context=context, questions=qs))
+        articles.append(Article(title=title, paragraphs=paragraphs))
+    return articles
+
+
+def questions(articles: Iterable[Article], *, answerable: bool | None = None) -> list[Question]:
+    """All questions of ``articles`` in order; only (un)answerable ones when asked."""
+    out = [q for a in articles for q in a.questions]
+    if answerable is None:
+        return out
+    return [q for q in out if q.answerable == answerable]
+
+
+# -- split ---------------------------------------------------------------------------------
+
+
+def _split_key(seed: int, title: str) -> str:
+    return hashlib.sha256(f"{seed}:{title}".encode()).hexdigest()
+
+
+def split_articles(
+    articles: Sequence[Article], dev_fraction: float = 0.5, seed: int = SPLIT_SEED
+) -> tuple[list[Article], list[Article]]:
+    """Split ``articles`` into (dev, test) by article, deterministically.
+
+    Articles are ordered by ``sha256(f"{seed}:{title}")``; the first
+    ``round(len(articles) * dev_fraction)`` are dev, the rest test. Each part keeps the
+    input's order. The result depends only on the titles, the fraction and the seed.
+    """
+    if not 0.0 <= dev_fraction <= 1.0:
+        raise ValueError("dev_fraction must lie in [0, 1]")
+    titles = [a.title for a in articles]
+    if len(set(titles)) != len(titles):
+        raise ValueError("article titles must be unique to split by article")
+    ranked = sorted(titles, key=lambda t: (_split_key(seed, t), t))
+    dev_titles = set(ranked[: round(len(titles) * dev_fraction)])
+    dev = [a for a in articles if a.title in dev_titles]
+    test = [a for a in articles if a.title not in dev_titles]
+    return dev, test
+
+
+# -- corpus --------------------------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_CORPUS_NAME = re.compile(r"^(?P<article>.+)_(?P<index>\d{3,})\.txt$")
+
+
+def corpus_file_name(title: str, paragraph_index: int) -> str:
+    """``<Article>_<nnn>.txt``: the file :func:`write_corpus` writes for one paragraph."""
+    safe = _UNSAFE.sub("_", title).strip("_") or "article"
+    return f"{safe}_{paragraph_index:03d}.txt"
+
+
+def parse_corpus_name(name: str) -> tuple[str, int] | None:
+    """(article, paragraph index) of a corpus file name or path; None if not one."""
+    match = _CORPUS_NAME.match(Path(name).name)
+    if match is None:
+        return None
+    return match.group("article"), int(match.group("index"))
+
+
+def write_corpus(articles: Iterable[Article], folder: Path) -> list[Path]:
+    """Write one ``.txt`` file per paragraph: the article title, a blank line, the context.
+
+    Files are named by :func:`corpus_file_name`, so a retrieved chunk's path maps back to
+    its paragraph. Files whose content is already identical are left untouched (their
+    mtime survives, as incremental ingest expects). Returns the paths in article order.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    seen: set[str] = set()
+    for article in articles:
+        for index, paragraph in enumerate(article.paragraphs):
+            name = corpus_file_name(article.title, index)
+            if name in seen:
+                raise ValueError(f"two paragraphs map to the same file name {name}")
+            seen.add(name)
+            path = folder / name
+            data = f"{article.title}\n\n{paragraph.context.strip()}\n"
+            if not (path.is_file() and path.read_text(encoding="utf-8") == data):
+                path.write_text(data, encoding="utf-8")
+            written.append(path)
+    return written
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+_PUNCTUATION = frozenset(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lowercase, drop ASCII punctuation, drop a/an/the, collapse spaces.
+
+    The steps run in the official order (lower, punctuation, articles, whitespace), so
+    punctuation inside a word joins its parts (``"U.S."`` becomes ``"us"``).
+    """
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def _golds(answers: str | Sequence[str]) -> list[str]:
+    """Gold answers as the official script scores them: non-empty after normalisation, or
+    the single empty answer (an unanswerable question expects an empty prediction)."""
+    items = [answers] if isinstance(answers, str) else list(answers)
+    kept = [a for a in items if normalize_answer(a)]
+    return kept or [""]
+
+
+def _exact(gold: str, prediction: str) -> float:
+    return float(normalize_answer(gold) == normalize_answer(prediction))
+
+
+def _f1(gold: str, prediction: str) -> float:
+    gold_tokens = normalize_answer(gold).split()
+    pred_tokens = normalize_answer(prediction).split()
+    if not gold_tokens or not pred_tokens:
+        return float(gold_tokens == pred_tokens)
+    same = sum((Counter(gold_tokens) & Counter(pred_tokens)).values())
+    if same == 0:
+        return 0.0
+    precision = same / len(pred_tokens)
+    recall = same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match(prediction: str, answers: str | Sequence[str]) -> float:
+    """1.0 if ``prediction`` equals some gold answer after normalisation, else 0.0."""
+    return max(_exact(gold, prediction) for gold in _golds(answers))
+
+
+def token_f1(prediction: str, answers: str | Sequence[str]) -> float:
+    """The best token-level F1 of ``prediction`` against the gold answers (0.0 .. 1.0)."""
+    return max(_f1(gold, prediction) for gold in _golds(answers))
+
+
+# -- retrieval helpers ---------------------------------------------------------------------
+
+
+def normalize_whitespace(text: str) -> str:
+    """Lowercase ``text`` and collapse every run of whitespace into one space."""
+    return " ".join(text.lower().split())
+
+
+def answer_in_text(answers: Iterable[str], text: str) -> bool:
+    """Whether some non-blank gold answer occurs in ``text`` (case-insensitive substring,
+    whitespace normalised on both sides): the retrieval hit criterion."""
+    haystack = normalize_whitespace(text)
+    return any((needle := normalize_whitespace(a)) and needle in haystack for a in answers)
