@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -66,7 +67,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """
     ctx.obj = AppContext(debug)
     if ctx.invoked_subcommand is None:
-        click.echo(ctx.get_help())
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            from appliance.tui import run_tui
+
+            run_tui(ctx.obj.app)
+        else:
+            click.echo(ctx.get_help())
 
 
 @contextmanager

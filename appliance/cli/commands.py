@@ -123,12 +123,15 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
 @click.option("--kb", default="demo", show_default=True, help="Knowledge base to build.")
 @click.option("--corpus", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to write the corpus [default: DATA_DIR/demo/pydoc-topics].")
+@click.option("--answers", type=click.IntRange(0, 5), default=3, show_default=True,
+              help="How many sample questions to answer.")
+@click.option("--model", default=None, help="Answer model id [default: the registry's].")
 @pass_ctx
-def demo(c: AppContext, kb: str, corpus: Path | None) -> None:
-    """Build a knowledge base from CPython's reference topics and search it.
+def demo(c: AppContext, kb: str, corpus: Path | None, answers: int, model: str | None) -> None:
+    """Build a knowledge base from CPython's reference topics and answer sample questions.
 
     The corpus (79 documents from the standard library's pydoc_data) is written as files,
-    ingested with the real embedder, then the sample questions are run.
+    ingested with the real embedder, then sample questions are answered with citations.
     """
     from appliance.demo import SAMPLE_QUESTIONS, write_pydoc_corpus
 
@@ -140,11 +143,24 @@ def demo(c: AppContext, kb: str, corpus: Path | None) -> None:
     out.print(f"ingested: {report.added} added, {report.updated} updated, {report.unchanged} "
               f"unchanged, {len(report.failed)} failed, {report.chunks} chunks in "
               f"{report.seconds:.1f} s")
-    for q in SAMPLE_QUESTIONS:
-        result = c.app.search(q, kb=kb, k=3)
-        out.print(f"\n[bold cyan]? {q}[/]")
-        for rank, hit in enumerate(result.hits, start=1):
-            out.print(f"  {rank}. [green]{os.path.basename(hit.path)}[/] {hit.heading}")
+    from appliance.pipeline import Pipeline
+
+    pipeline = Pipeline(c.app)
+    try:
+        for q in SAMPLE_QUESTIONS[:answers]:
+            out.print(f"\n[bold cyan]? {q}[/]")
+            answer = pipeline.ask(q, kb=kb, model=model)
+            out.print(answer.answer)
+            for cite in answer.citations:
+                out.print(f"  [bold][{cite.n}][/] {os.path.basename(cite.path)}  "
+                          f"[green]{cite.heading}[/]")
+            t = answer.timings_ms
+            out.print(f"  [dim]{answer.model}: {t.get('total', 0) / 1000:.1f} s, "
+                      f"{answer.tokens_per_s:.1f} tokens/s[/]")
+    finally:
+        pipeline.close()
+    out.print(f"\nAsk your own: [bold]appliance ask \"...\" --kb {kb}[/]  "
+              f"(or [bold]appliance tui --kb {kb}[/])")
 
 
 # -- kb ----------------------------------------------------------------------------------------

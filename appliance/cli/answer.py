@@ -1,0 +1,136 @@
+"""Answer commands: ``ask`` (one question, streamed) and ``batch`` (question files)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from appliance.batch import run_batch
+from appliance.cli._base import AppContext, cli, err, out, pass_ctx
+from appliance.pipeline import MODES, Pipeline
+from appliance.types import Answer
+
+__all__: list[str] = []
+
+_MODE_HELP = (
+    "base: the model alone; rag: retrieval + the answer model; ft / hybrid: the fine-tuned "
+    "model without / with retrieval [default: hybrid once a fine-tuned model ships, else rag]."
+)
+
+
+def _print_sources(answer: Answer) -> None:
+    if answer.abstained:
+        if answer.closest:
+            out.print("[dim]Closest sources:[/]")
+        for c in answer.closest:
+            out.print(f"  [dim]- {os.path.basename(c.path)}  {c.heading}[/]")
+        return
+    if not answer.citations:
+        out.print("[yellow]No source cited.[/]")
+    for c in answer.citations:
+        out.print(f"  [bold][{c.n}][/] {c.path}  [green]{c.heading}[/]")
+
+
+def _timing_line(answer: Answer) -> str:
+    t = answer.timings_ms
+    return (f"{answer.mode} · {answer.model} · {t.get('total', 0) / 1000:.1f} s "
+            f"(search {t.get('embed', 0) + t.get('search', 0):.0f} ms, generate "
+            f"{t.get('generate', 0) / 1000:.1f} s) · {answer.tokens_per_s:.1f} tokens/s")
+
+
+@cli.command()
+@click.argument("question")
+@click.option("--kb", default="default", show_default=True, help="Knowledge base to answer from.")
+@click.option("--mode", type=click.Choice(MODES), default=None, help=_MODE_HELP)
+@click.option("--model", default=None, help="Registry id of the model (`appliance models list`).")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer record as JSON.")
+@pass_ctx
+def ask(c: AppContext, question: str, kb: str, mode: str | None, model: str | None,
+        as_json: bool) -> None:
+    """Answer QUESTION from a knowledge base, citing its sources with [n].
+
+    The answer streams as it is generated, then the cited sources are listed. When the
+    documents do not contain the answer it says so and shows the closest sources.
+    """
+    pipeline = Pipeline(c.app)
+    streamed = False
+
+    def on_token(piece: str) -> None:
+        nonlocal streamed
+        streamed = True
+        out.print(piece, end="", markup=False, highlight=False)
+
+    try:
+        answer = pipeline.ask(question, kb=kb, mode=mode, model=model,
+                              on_token=None if as_json else on_token)
+    finally:
+        pipeline.close()
+    if as_json:
+        click.echo(json.dumps(answer.to_json(), ensure_ascii=False))
+        return
+    out.print() if streamed else out.print(answer.answer)
+    _print_sources(answer)
+    err.print(f"[dim]{_timing_line(answer)}[/]")
+
+
+@cli.command()
+@click.argument("questions", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Answers file: .jsonl (default), .csv or .md.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "md"]), default=None,
+              help="Output format when the extension does not say.")
+@click.option("--kb", default="default", show_default=True, help="Knowledge base to answer from.")
+@click.option("--mode", type=click.Choice(MODES), default=None, help=_MODE_HELP)
+@click.option("--model", default=None, help="Registry id of the model.")
+@pass_ctx
+def batch(c: AppContext, questions: Path, output: Path, fmt: str | None, kb: str,
+          mode: str | None, model: str | None) -> None:
+    """Answer every question of a .txt, .jsonl or .csv file into OUTPUT.
+
+    .txt: one question per line; .jsonl: {"id", "question", ...}; .csv: a `question` column
+    (optional `id`). Resumable: a rerun skips ids already answered, and a kill loses at most
+    the question in flight. Bad rows are reported with their line numbers and skipped.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    pipeline = Pipeline(c.app)
+    progress = Progress(TextColumn("[bold]Answering"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
+                        console=err, transient=True)
+    task = progress.add_task("answer", total=None, eta="?")
+
+    def on_progress(done: int, total: int, eta: float | None) -> None:
+        text = "?" if eta is None else f"{int(eta // 60)}:{int(eta % 60):02d}"
+        progress.update(task, completed=done, total=total, eta=text)
+
+    try:
+        with progress:
+            summary = run_batch(
+                questions, output,
+                lambda q: pipeline.ask(q.question, id=q.id, kb=kb, mode=mode, model=model),
+                fmt=fmt, progress=on_progress,
+                on_failure=lambda f: err.print(f"[red]failed[/] line {f.line} ({f.id}): "
+                                               f"{f.error}"),
+            )
+    finally:
+        pipeline.close()
+    for bad in summary.bad_rows:
+        err.print(f"[yellow]skipped[/] {bad}")
+    s = summary.to_json()
+    out.print(f"[bold]{output}[/]: {s.get('answered', 0)} answered, "
+              f"{s.get('abstained', 0)} abstained, {len(summary.failed)} failed, "
+              f"{s.get('skipped', 0)} already done, {len(summary.bad_rows)} bad rows; "
+              f"p50 {summary.p50_ms / 1000:.1f} s, p95 {summary.p95_ms / 1000:.1f} s, "
+              f"{summary.tokens_per_s:.1f} tokens/s")
+    if summary.failed:
+        sys.exit(1)

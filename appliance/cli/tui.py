@@ -1,0 +1,63 @@
+"""The terminal UI and feedback commands: ``appliance tui`` and ``appliance feedback``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from appliance.cli._base import AppContext, cli, out, pass_ctx
+from appliance.generate import MODES
+
+__all__ = ["feedback", "feedback_export", "tui"]
+
+
+@cli.command()
+@click.option("--kb", default=None,
+              help="Knowledge base to ask [default: 'default', else the first one].")
+@click.option("--mode", type=click.Choice(MODES), default=None,
+              help="Answer mode [default: hybrid once a fine-tuned model ships, else rag].")
+@click.option("--model", default=None, help="Generator model id from the registry.")
+@pass_ctx
+def tui(c: AppContext, kb: str | None, mode: str | None, model: str | None) -> None:
+    """Open the terminal interface: ask, read sources, ingest folders, give feedback.
+
+    `appliance` with no arguments opens it too. Press F1 inside for every key.
+    """
+    from appliance.tui import run_tui
+
+    run_tui(c.app, kb=kb, mode=mode, model=model)
+
+
+@cli.group()
+def feedback() -> None:
+    """Ratings given in the terminal interface, and their export as training data."""
+
+
+@feedback.command("export")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Chat JSONL file to write.")
+@click.option("--kb", default=None, help="Only feedback on answers from this knowledge base.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_ctx
+def feedback_export(c: AppContext, output: Path, kb: str | None, as_json: bool) -> None:
+    """Write chat JSONL for `appliance train` from the feedback given so far.
+
+    Each rated answer becomes one {"messages": [system, user, assistant]} line, with the
+    prompt the pipeline used (numbered sources for rag and hybrid answers) and the corrected
+    answer when one was typed, else the answer when it was marked good. Answers marked bad
+    without a correction are skipped.
+    """
+    from appliance.feedback import FeedbackStore
+
+    store = FeedbackStore(c.app.settings.home)
+    report = store.export_chat_jsonl(output, kb=kb)
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+        return
+    out.print(f"wrote {report.written} examples to {output}")
+    if report.skipped_bad:
+        out.print(f"  skipped {report.skipped_bad} answers marked bad without a correction")
+    if report.skipped_sources:
+        out.print(f"  skipped {report.skipped_sources} answers whose sources were not recorded")

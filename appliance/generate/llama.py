@@ -1,0 +1,268 @@
+"""llama.cpp generation: one loaded GGUF model that serves many questions.
+
+:class:`LlamaGenerator` is a thin layer over ``llama_cpp.Llama``. The chat messages are
+rendered with the GGUF's own chat template (the Jinja formatter llama-cpp-python's
+``create_chat_completion`` uses), tokenized once, and decoded token by token through
+``Llama.generate``, which keeps the KV cache of the longest common prefix with the
+previous prompt: the system prompt, identical and first for every question of a mode, is
+evaluated once. Driving the token loop here (rather than through the OpenAI-style chunk
+dicts) gives exact prompt and completion token counts and per-token timings at no cost.
+"""
+
+from __future__ import annotations
+
+import codecs
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.config import GenerateSettings
+from appliance.errors import InputError, ModelError
+
+__all__ = ["GenerationStats", "LlamaGenerator", "load_llama"]
+
+TOP_K = 40
+TOP_P = 0.95
+MIN_P = 0.05
+REPEAT_PENALTY = 1.0
+"""Sampling knobs used when ``temperature`` > 0 (temperature 0 is greedy and ignores them)."""
+
+
+@dataclass
+class GenerationStats:
+    """What the last :meth:`LlamaGenerator.stream` call cost."""
+
+    prompt_tokens: int = 0
+    """Tokens of the rendered prompt (the chat template's markers included)."""
+    cached_tokens: int = 0
+    """Prompt tokens whose KV cache was reused from the previous call."""
+    completion_tokens: int = 0
+    """Tokens generated, end-of-sequence excluded."""
+    first_token_s: float = 0.0
+    """From the call to the first token: prompt evaluation plus one sampling step."""
+    generate_s: float = 0.0
+    """From the first token to the last: generation alone, prompt evaluation excluded."""
+    total_s: float = 0.0
+    finish_reason: str = ""
+    """``stop`` (end of sequence), ``length`` (max tokens) or ``aborted`` (caller stopped)."""
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Completion tokens per second of generation (prompt evaluation excluded).
+
+        The first token's time is part of ``first_token_s``, so the rate is taken over the
+        tokens after it.
+        """
+        if self.completion_tokens <= 1 or self.generate_s <= 0:
+            return 0.0
+        return (self.completion_tokens - 1) / self.generate_s
+
+    def to_json(self) -> dict[str, Any]:
+        """The stats as JSON-ready data."""
+        return {**asdict(self), "tokens_per_s": self.tokens_per_s}
+
+
+class LlamaGenerator:
+    """A GGUF chat model loaded once; streams answers for chat ``messages``.
+
+    Implements :class:`appliance.types.Generator`. After each :meth:`stream`,
+    :attr:`last_stats` holds the token counts and timings of that call. Not thread-safe:
+    calls are serialised by a lock (one llama.cpp context decodes one sequence).
+    """
+
+    def __init__(self, model_id: str, path: Path, settings: GenerateSettings) -> None:
+        from appliance.embed import physical_cores
+
+        try:
+            from llama_cpp import Llama
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        except ImportError as exc:  # pragma: no cover - setup installs it
+            raise ModelError(
+                f"llama-cpp-python is not installed ({exc}); run scripts/setup.sh."
+            ) from exc
+        self._id = model_id
+        self.path = Path(path)
+        self.settings = settings
+        threads = settings.threads or physical_cores()
+        try:
+            self.llm: Any = Llama(
+                model_path=str(self.path),
+                n_ctx=settings.n_ctx,
+                n_batch=max(512, settings.n_batch),
+                n_ubatch=max(512, settings.n_batch),
+                n_threads=threads,
+                n_threads_batch=threads,
+                seed=settings.seed,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelError(f"llama.cpp cannot load {self.path}: {exc}.") from exc
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ModelError(
+                f"{self.path.name} has no chat template, so it cannot answer questions; "
+                "choose an instruct model with --model."
+            )
+        eos = self.llm.token_eos()
+        bos = self.llm.token_bos()
+        text = self.llm._model.token_get_text
+        self._formatter: Any = Jinja2ChatFormatter(
+            template=template,
+            eos_token=text(eos) if eos != -1 else "",
+            bos_token=text(bos) if bos != -1 else "",
+            stop_token_ids=[eos],
+        )
+        self.n_ctx: int = int(self.llm.n_ctx())
+        self.threads = threads
+        self.last_stats = GenerationStats()
+        self._last_sequence: list[int] = []
+        self._lock = threading.Lock()
+
+    # -- Generator protocol ----------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """Registry id of the model."""
+        return self._id
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes for this model (no BOS; special-token text counts as text)."""
+        if not text:
+            return 0
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def render(self, messages: list[dict[str, str]]) -> list[int]:
+        """The prompt tokens of ``messages`` under the GGUF's chat template."""
+        result = self._formatter(messages=messages)
+        return list(
+            self.llm.tokenize(
+                result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
+            )
+        )
+
+    def stream(self, messages: list[dict[str, str]], max_tokens: int) -> Iterator[str]:
+        """Yield the answer's text pieces, greedy (or seeded) until end-of-sequence.
+
+        Raises InputError when the prompt leaves no room in the context window.
+        """
+        import llama_cpp
+
+        with self._lock:
+            t0 = time.perf_counter()
+            stats = GenerationStats(finish_reason="aborted")
+            self.last_stats = stats
+            tokens = self.render(messages)
+            stats.prompt_tokens = len(tokens)
+            room = self.n_ctx - len(tokens)
+            if room < 1:
+                raise InputError(
+                    f"The prompt takes {len(tokens)} tokens, more than the model's context of "
+                    f"{self.n_ctx}; ask a shorter question or raise generate.n_ctx."
+                )
+            max_tokens = max(1, min(max_tokens, room))
+            stats.cached_tokens = _common_prefix(self.llm, tokens)
+            self.llm.set_seed(self.settings.seed)
+            vocab = self.llm._model.vocab
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            generated: list[int] = []
+            t_first = t_last = 0.0
+            gen = self.llm.generate(
+                tokens,
+                temp=self.settings.temperature,
+                top_k=TOP_K,
+                top_p=TOP_P,
+                min_p=MIN_P,
+                repeat_penalty=REPEAT_PENALTY,
+            )
+            try:
+                for token in gen:
+                    now = time.perf_counter()
+                    if not generated and not t_first:
+                        t_first = now
+                    t_last = now
+                    if llama_cpp.llama_vocab_is_eog(vocab, token):
+                        stats.finish_reason = "stop"
+                        break
+                    generated.append(token)
+                    piece = decoder.decode(self.llm.detokenize([token]))
+                    stats.completion_tokens = len(generated)
+                    stats.first_token_s = t_first - t0
+                    stats.generate_s = t_last - t_first
+                    if piece:
+                        yield piece
+                    if len(generated) >= max_tokens:
+                        stats.finish_reason = "length"
+                        break
+                tail = decoder.decode(b"", final=True)
+                if tail:
+                    yield tail
+            finally:
+                gen.close()
+                self._last_sequence = tokens + generated
+                stats.completion_tokens = len(generated)
+                if t_first:
+                    stats.first_token_s = t_first - t0
+                    stats.generate_s = t_last - t_first
+                stats.total_s = time.perf_counter() - t0
+
+    def complete_citation(self, n_sources: int, opener: str = " [") -> int | None:
+        """The source number the model cites after the text of the last :meth:`stream`.
+
+        For an answer that ended without a [n] marker: the model reads ``opener`` after its
+        own answer and its most likely next token among the numbers ``1..n_sources`` is
+        taken (constrained decoding of one token; the KV cache of the answer is reused, so
+        this costs one small batch). None when there is nothing to continue.
+        """
+        import numpy as np
+
+        if not self._last_sequence or n_sources < 1:
+            return None
+        with self._lock:
+            choices: dict[int, int] = {}
+            for n in range(1, n_sources + 1):
+                ids = self.llm.tokenize(str(n).encode(), add_bos=False, special=False)
+                if len(ids) == 1:
+                    choices[n] = ids[0]
+            if not choices:
+                return None
+            seq = self._last_sequence + list(
+                self.llm.tokenize(opener.encode(), add_bos=False, special=False)
+            )
+            if len(seq) >= self.n_ctx:
+                return None
+            keep = min(_common_prefix(self.llm, seq), len(seq) - 1)
+            self.llm.n_tokens = keep
+            self.llm.eval(seq[keep:])
+            logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(),
+                                           shape=(self.llm.n_vocab(),))
+            return max(choices, key=lambda n: float(logits[choices[n]]))
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the model and its context."""
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.close()
+            self.llm = None
+
+    def __repr__(self) -> str:
+        return f"LlamaGenerator({self._id!r}, n_ctx={self.n_ctx}, threads={self.threads})"
+
+
+def _common_prefix(llm: Any, tokens: list[int]) -> int:
+    """Tokens at the start of ``tokens`` already in the model's KV cache."""
+    n = 0
+    for a, b in zip(llm._input_ids.tolist(), tokens, strict=False):
+        if a != b:
+            break
+        n += 1
+    return min(n, max(0, len(tokens) - 1))
+
+
+def load_llama(model_id: str, path: Path, settings: GenerateSettings) -> LlamaGenerator:
+    """Load a GGUF file as a generator (no registry check: use ``load_generator`` for that)."""
+    return LlamaGenerator(model_id, path, settings)

@@ -1,0 +1,356 @@
+"""The answer pipeline: record fields, abstention, citations, modes; one real-model test."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.config import Settings, load_settings
+from appliance.errors import InputError, ModelNotFoundError
+from appliance.generate import ABSTAIN_SENTENCE, generator_id
+from appliance.pipeline import AnswerSettings, Pipeline, answer, retrieval_abstains
+from appliance.retrieve import SearchResult
+from appliance.types import Generator, Hit
+
+ANSWER_KEYS = {"id", "question", "answer", "abstained", "citations", "closest", "mode", "model",
+               "timings_ms", "tokens", "tokens_per_s", "flags"}
+TIMING_KEYS = {"embed", "search", "prompt", "generate", "total"}
+CONFIG = AnswerSettings(k=5, abstain_min_vector=0.3, abstain_min_keyword=8.0, closest=2)
+
+
+class FakeGenerator:
+    """Deterministic: replies with ``reply(messages)`` in word-sized pieces."""
+
+    def __init__(self, reply: str | Callable[[list[dict[str, str]]], str] = "Blue [1].",
+                 model_id: str = "fake-gen", fail: bool = False) -> None:
+        self._reply = reply
+        self._id = model_id
+        self.fail = fail
+        self.calls: list[list[dict[str, str]]] = []
+        self.n_ctx = 2048
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def stream(self, messages: list[dict[str, str]], max_tokens: int) -> Iterator[str]:
+        self.calls.append(messages)
+        if self.fail:
+            raise RuntimeError("decode failed")
+        text = self._reply(messages) if callable(self._reply) else self._reply
+        for word in text.split(" ")[:max_tokens]:
+            yield word + " "
+
+
+class FakeSearcher:
+    def __init__(self, hits: list[Hit]) -> None:
+        self.hits = hits
+        self.queries: list[str] = []
+
+    def search(self, query: str, *, k: int | None = None) -> SearchResult:
+        self.queries.append(query)
+        return SearchResult(query, self.hits[: k or 5], {"embed": 1.5, "search": 0.5})
+
+
+def hit(i: int, vector: float | None = 0.6, keyword: float | None = 5.0, text: str = "") -> Hit:
+    return Hit(chunk_id=i, path=f"/docs/{i}.md", title="", heading=f"Part {i}",
+               text=text or f"Fact number {i}.", score=1 / (60 + i),
+               scores={"vector": vector, "keyword": keyword})
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(home=tmp_path)
+
+
+def test_fake_generator_implements_the_protocol() -> None:
+    assert isinstance(FakeGenerator(), Generator)
+
+
+def test_rag_answer_record(settings: Settings) -> None:
+    gen = FakeGenerator("The sky is blue [2] and wide [1][2].")
+    searcher = FakeSearcher([hit(1), hit(2), hit(3)])
+    tokens: list[str] = []
+    rec = answer("  Why is the sky blue?  ", generator=gen, settings=settings,
+                 retriever=searcher, mode="rag", id="x1", on_token=tokens.append, config=CONFIG)
+    data = rec.to_json()
+    assert set(data) == ANSWER_KEYS and set(data["timings_ms"]) == TIMING_KEYS
+    assert data["id"] == "x1" and data["question"] == "Why is the sky blue?"
+    assert data["answer"] == "The sky is blue [2] and wide [1][2]."
+    assert "".join(tokens).strip() == data["answer"]
+    assert data["abstained"] is False and data["closest"] == []
+    assert [(c["n"], c["chunk_id"], c["path"], c["heading"]) for c in data["citations"]] == [
+        (2, 2, "/docs/2.md", "Part 2"), (1, 1, "/docs/1.md", "Part 1")]
+    assert data["mode"] == "rag" and data["model"] == "fake-gen"
+    assert data["timings_ms"]["embed"] == 1.5 and data["timings_ms"]["search"] == 0.5
+    assert data["timings_ms"]["total"] >= data["timings_ms"]["generate"] >= 0
+    assert data["tokens"]["prompt"] > 0 and data["tokens"]["completion"] == 8
+    assert data["flags"] == []
+    json.dumps(data)  # JSON-ready
+    user = gen.calls[0][-1]["content"]
+    assert '<source id="3"' in user and "Question: Why is the sky blue?" in user
+
+
+def test_unknown_citation_is_dropped_and_flagged(settings: Settings) -> None:
+    rec = answer("q?", generator=FakeGenerator("It is so [1] [9]."), settings=settings,
+                 retriever=FakeSearcher([hit(1)]), config=CONFIG)
+    assert [c.n for c in rec.citations] == [1] and "unknown_citation:9" in rec.flags
+
+
+def test_answer_without_citation_is_flagged(settings: Settings) -> None:
+    rec = answer("q?", generator=FakeGenerator("It is so."), settings=settings,
+                 retriever=FakeSearcher([hit(1)]), config=CONFIG)
+    assert rec.citations == [] and "no_citation" in rec.flags and not rec.abstained
+
+
+class CitingGenerator(FakeGenerator):
+    """A fake whose model, asked to continue its answer with " [", picks source 2."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.asked: list[int] = []
+
+    def complete_citation(self, n_sources: int) -> int | None:
+        self.asked.append(n_sources)
+        return 2
+
+
+def test_missing_citation_is_completed_by_the_model(settings: Settings) -> None:
+    gen = CitingGenerator("In 1066.")
+    tokens: list[str] = []
+    rec = answer("q?", generator=gen, settings=settings, on_token=tokens.append,
+                 retriever=FakeSearcher([hit(1), hit(2), hit(3)]), config=CONFIG)
+    assert gen.asked == [3] and rec.answer == "In 1066. [2]"
+    assert "".join(tokens).strip() == rec.answer
+    assert [c.n for c in rec.citations] == [2] and rec.flags == ["citation:completed"]
+
+
+@pytest.mark.parametrize("reply", ["In 1066 [1].", "I could not find this in the documents."])
+def test_citation_completion_only_when_needed(settings: Settings, reply: str) -> None:
+    gen = CitingGenerator(reply)
+    answer("q?", generator=gen, settings=settings, retriever=FakeSearcher([hit(1), hit(2)]),
+           config=CONFIG)
+    assert gen.asked == []
+
+
+def test_citation_completion_can_be_turned_off(settings: Settings) -> None:
+    from dataclasses import replace
+
+    gen = CitingGenerator("In 1066.")
+    rec = answer("q?", generator=gen, settings=settings, retriever=FakeSearcher([hit(1)]),
+                 config=replace(CONFIG, complete_citations=False))
+    assert gen.asked == [] and "no_citation" in rec.flags
+
+
+def test_weak_retrieval_abstains_without_calling_the_model(settings: Settings) -> None:
+    gen = FakeGenerator()
+    tokens: list[str] = []
+    hits = [hit(1, vector=0.12, keyword=None), hit(2, vector=0.05, keyword=1.0), hit(3, 0.01)]
+    rec = answer("What is the capital of Australia?", generator=gen, settings=settings,
+                 retriever=FakeSearcher(hits), on_token=tokens.append, config=CONFIG)
+    assert gen.calls == [] and tokens == []
+    assert rec.abstained and rec.answer == ABSTAIN_SENTENCE and rec.citations == []
+    assert [c.n for c in rec.closest] == [1, 2] and rec.closest[0].path == "/docs/1.md"
+    assert rec.flags == ["abstained:retrieval"]
+    assert rec.tokens == {"prompt": 0, "completion": 0} and rec.tokens_per_s == 0.0
+    assert rec.model == "fake-gen"
+
+
+def test_no_hits_abstains(settings: Settings) -> None:
+    rec = answer("q?", generator=FakeGenerator(), settings=settings,
+                 retriever=FakeSearcher([]), config=CONFIG)
+    assert rec.abstained and rec.closest == [] and rec.flags == ["abstained:no_hits"]
+
+
+@pytest.mark.parametrize(
+    ("vector", "keyword", "abstains"),
+    [(0.31, None, False), (0.29, None, True), (0.1, 8.0, False), (0.1, 7.9, True),
+     (None, None, False), (None, 2.0, True), (0.5, 0.0, False)],
+)
+def test_retrieval_thresholds(vector: float | None, keyword: float | None,
+                              abstains: bool) -> None:
+    assert retrieval_abstains([hit(1, vector, keyword)], CONFIG) is abstains
+
+
+def test_best_hit_of_each_channel_counts(settings: Settings) -> None:
+    # the fused top hit is weak on both channels, but the third hit has strong keyword evidence
+    hits = [hit(1, 0.1, 1.0), hit(2, 0.2, None), hit(3, None, 12.0)]
+    assert not retrieval_abstains(hits, CONFIG)
+
+
+def test_model_verdict_abstains(settings: Settings) -> None:
+    gen = FakeGenerator("I couldn't find that in the documents.")
+    rec = answer("Who was the 5th king?", generator=gen, settings=settings,
+                 retriever=FakeSearcher([hit(1), hit(2), hit(3)]), config=CONFIG)
+    assert rec.abstained and rec.answer == ABSTAIN_SENTENCE and rec.citations == []
+    assert [c.n for c in rec.closest] == [1, 2] and rec.flags == ["abstained:model"]
+    assert rec.tokens["completion"] > 0
+
+
+@pytest.mark.parametrize("reply", ["[1]", "  [2]. ", ""])
+def test_an_answer_without_words_is_an_abstention(settings: Settings, reply: str) -> None:
+    rec = answer("q?", generator=FakeGenerator(reply), settings=settings,
+                 retriever=FakeSearcher([hit(1), hit(2)]), config=CONFIG)
+    assert rec.abstained and rec.answer == ABSTAIN_SENTENCE and rec.citations == []
+    assert rec.flags == ["abstained:empty"] and [c.n for c in rec.closest] == [1, 2]
+
+
+def test_base_mode_uses_no_retrieval(settings: Settings) -> None:
+    gen = FakeGenerator("Shakespeare.")
+    searcher = FakeSearcher([hit(1)])
+    rec = answer("Who wrote Hamlet?", generator=gen, settings=settings, retriever=searcher,
+                 mode="base", config=CONFIG)
+    assert searcher.queries == [] and rec.mode == "base" and rec.answer == "Shakespeare."
+    assert rec.timings_ms["embed"] == 0 and rec.timings_ms["search"] == 0
+    assert "<source" not in json.dumps(gen.calls[0]) and "no_citation" not in rec.flags
+
+
+def test_bad_questions_and_modes(settings: Settings) -> None:
+    gen = FakeGenerator()
+    with pytest.raises(InputError, match="empty"):
+        answer("   ", generator=gen, settings=settings, retriever=FakeSearcher([]))
+    with pytest.raises(InputError, match="Unknown mode"):
+        answer("q?", generator=gen, settings=settings, mode="magic")
+    with pytest.raises(InputError, match="knowledge base"):
+        answer("q?", generator=gen, settings=settings, mode="rag", retriever=None)
+
+
+def test_default_id_is_stable(settings: Settings) -> None:
+    gen = FakeGenerator()
+    a = answer("Same question?", generator=gen, settings=settings, mode="base")
+    b = answer(" Same question? ", generator=gen, settings=settings, mode="base")
+    assert a.id == b.id and a.id.startswith("q-")
+
+
+def test_generator_stats_are_used_when_present(settings: Settings) -> None:
+    class Stats:
+        prompt_tokens = 321
+        completion_tokens = 11
+        tokens_per_s = 42.5
+        finish_reason = "length"
+
+    gen = FakeGenerator("Blue [1].")
+    gen.last_stats = Stats()  # type: ignore[attr-defined]
+    rec = answer("q?", generator=gen, settings=settings, retriever=FakeSearcher([hit(1)]),
+                 config=CONFIG)
+    assert rec.tokens == {"prompt": 321, "completion": 11} and rec.tokens_per_s == 42.5
+    assert "max_tokens" in rec.flags
+
+
+# -- Pipeline ----------------------------------------------------------------------------------
+
+
+class FakeApp:
+    def __init__(self, settings: Settings, registry: Any, searcher: FakeSearcher) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._searcher = searcher
+        self.opened: list[str] = []
+
+    def retriever(self, kb: str = "default") -> FakeSearcher:
+        self.opened.append(kb)
+        return self._searcher
+
+
+def _registry(*entries: dict[str, Any]) -> Any:
+    from appliance.models.registry import ModelEntry, Registry
+
+    return Registry([
+        ModelEntry(id=e["id"], role=e.get("role", "generator"), format="gguf",
+                   path=Path("/nonexistent") / e["id"], sha256="0" * 64, origin="packaged",
+                   default=e.get("default", False), lineage=e.get("lineage"))
+        for e in entries
+    ])
+
+
+def test_pipeline_loads_each_model_once(settings: Settings) -> None:
+    registry = _registry({"id": "small"}, {"id": "big", "default": True})
+    loaded: list[str] = []
+
+    def loader(model_id: str) -> FakeGenerator:
+        loaded.append(model_id)
+        return FakeGenerator("Yes [1].", model_id=model_id)
+
+    app = FakeApp(settings, registry, FakeSearcher([hit(1)]))
+    pipe = Pipeline(app, config=CONFIG, loader=loader)  # type: ignore[arg-type]
+    assert pipe.default_mode == "rag"
+    records = [pipe.ask(f"question {i}?", kb="docs") for i in range(3)]
+    records.append(pipe.ask("other?", model="small"))
+    assert loaded == ["big", "small"] and pipe.loads == 2
+    assert [r.model for r in records] == ["big", "big", "big", "small"]
+    assert app.opened[0] == "docs"
+    with pytest.raises(ModelNotFoundError, match="fine-tuned"):
+        pipe.ask("q?", mode="hybrid")
+
+
+def test_fine_tuned_modes_pick_the_fine_tuned_model(settings: Settings) -> None:
+    registry = _registry({"id": "base-gen", "default": True},
+                         {"id": "tuned", "lineage": {"base": "base-gen"}})
+    assert generator_id(registry, settings, "rag") == "base-gen"
+    assert generator_id(registry, settings, "ft") == "tuned"
+    assert generator_id(registry, settings, "hybrid") == "tuned"
+    assert generator_id(registry, settings, "hybrid", "base-gen") == "base-gen"
+    pipe = Pipeline(FakeApp(settings, registry, FakeSearcher([hit(1)])),  # type: ignore[arg-type]
+                    config=CONFIG, loader=lambda i: FakeGenerator("ok [1]", model_id=i))
+    assert pipe.default_mode == "hybrid"  # a packaged fine-tuned model has shipped
+    rec = pipe.ask("q?")
+    assert rec.mode == "hybrid" and rec.model == "tuned" and rec.citations
+
+
+# -- the real models ---------------------------------------------------------------------------
+
+SMOL = "smollm2-135m-instruct-q4_1"
+
+
+@pytest.mark.integration
+def test_real_model_answers_with_record_fields(tmp_path: Path) -> None:
+    from appliance.api import Appliance
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "ferries.md").write_text(
+        "# Ferries\n\nThe harbour ferry to Kelby Island leaves every 40 minutes from pier 7. "
+        "A single ticket costs 4 euros.\n", encoding="utf-8")
+    (docs / "library.md").write_text(
+        "# Library\n\nThe town library opens at 9 in the morning and closes at 6 in the "
+        "evening, except on Sundays.\n", encoding="utf-8")
+    app = Appliance(load_settings(home=tmp_path / "home", generate={"max_tokens": 48}))
+    app.ingest([docs], kb="tiny")
+    pipe = Pipeline(app)
+    try:
+        t0 = time.perf_counter()
+        streamed: list[str] = []
+        first = pipe.ask("How often does the ferry to Kelby Island leave?", kb="tiny",
+                         model=SMOL, id="f1", on_token=streamed.append)
+        data = first.to_json()
+        assert set(data) == ANSWER_KEYS and set(data["timings_ms"]) == TIMING_KEYS
+        assert data["id"] == "f1" and data["mode"] == "rag" and data["model"] == SMOL
+        assert data["timings_ms"]["embed"] > 0 and data["timings_ms"]["generate"] > 0
+        if not first.abstained:
+            assert "".join(streamed).strip() == first.answer
+            assert data["tokens"]["completion"] > 0 and data["tokens_per_s"] > 0
+            for c in data["citations"]:
+                assert c["path"].endswith(".md") and c["chunk_id"] > 0
+        assert data["tokens"]["prompt"] > 50 or first.abstained
+        gen = pipe.generator("rag", SMOL)
+        cached_before = gen.last_stats.cached_tokens  # type: ignore[attr-defined]
+        second = pipe.ask("When does the library open?", kb="tiny", model=SMOL)
+        off_topic = pipe.ask("What is the capital of Australia?", kb="tiny", model=SMOL)
+        assert pipe.loads == 1 and pipe.generator("rag", SMOL) is gen
+        assert second.model == SMOL and off_topic.model == SMOL
+        # the system prompt's KV cache is reused by the next question
+        assert gen.last_stats.cached_tokens > 0 or cached_before > 0  # type: ignore[attr-defined]
+        assert off_topic.abstained and off_topic.answer == ABSTAIN_SENTENCE
+        assert off_topic.citations == []
+        assert time.perf_counter() - t0 < 60
+    finally:
+        pipe.close()
+        app.close()
