@@ -133,7 +133,7 @@ LLAMA_WHEEL=${wheels[0]}
 T=$SECONDS
 STAMP=$VENV/.appliance-stamp
 stamp=$( {
-    sha256_of requirements/dev.lock pyproject.toml
+    sha256_of requirements/dev.lock requirements/train.lock pyproject.toml
     echo "$LLAMA_WHEEL" "${BUILD_TOOLS[@]}"
     "$VPY" -c 'import sys; print(sys.version)'
 } | sha256sum | cut -c1-64)
@@ -142,6 +142,10 @@ if [[ -f $STAMP && $(cat "$STAMP") == "$stamp" ]]; then
 else
     rm -f "$STAMP"
     run_logged dev-lock "$VPY" -m pip install -q --no-deps --require-hashes -r requirements/dev.lock
+    # The [train] extra: torch's CPU build (pinned; its dependencies come hash-locked with
+    # train.lock), then train.lock. Nothing on the run-time path imports these.
+    run_logged torch "$VPY" -m pip install -q --no-deps "torch==2.13.0"
+    run_logged train-lock "$VPY" -m pip install -q --no-deps --require-hashes -r requirements/train.lock
     run_logged llama-wheel "$VPY" -m pip install -q --no-deps --force-reinstall "$LLAMA_WHEEL"
     tools_req=$LOGDIR/build-tools.txt
     printf '%s\n' "${BUILD_TOOLS[@]}" >"$tools_req"
