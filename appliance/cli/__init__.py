@@ -11,7 +11,7 @@ import traceback
 import click
 
 from appliance.cli import answer as _answer  # noqa: F401  (registers ask, batch)
-from appliance.cli import bundle as _bundle  # noqa: F401  (registers bundle, doctor)
+from appliance.cli import bundle as _bundle  # noqa: F401  (registers subcommands)
 from appliance.cli import commands as _commands  # noqa: F401  (registers subcommands)
 from appliance.cli import tui as _tui  # noqa: F401  (registers tui, feedback)
 from appliance.cli._base import cli, err

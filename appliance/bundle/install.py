@@ -1,0 +1,254 @@
+"""Place a verified bundle at an install prefix (run by install.sh from the new venv).
+
+install.sh has already checked the CPU, every hash and the signature, created
+``PREFIX/releases/NAME/venv`` and installed the wheels into it. This finishes the job::
+
+    PREFIX/bin/appliance         wrapper: sets the data and models folders, runs the venv's CLI
+    PREFIX/current               -> releases/NAME (switched atomically once doctor passed)
+    PREFIX/releases/NAME/        venv/, models/, bundle.json, MANIFEST, signing.pub, sbom
+    PREFIX/data/                 the data directory: kb/, feedback, config.toml, user models
+    PREFIX/state.json            what the last install placed (to tell user changes apart)
+
+A re-run with a newer bundle installs a new release next to the old one and switches to it
+only when ``appliance doctor`` passes. Knowledge bases the user changed since they were
+installed (new documents ingested) are kept; an unchanged one is upgraded to the bundle's
+copy. Feedback and everything else in the data directory is never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from appliance.bundle.verify import MANIFEST, PUBLIC_KEY, Entry, VerifyError, read_manifest
+
+__all__ = ["kb_fingerprint", "main", "wrapper_script"]
+
+STATE = "state.json"
+
+
+def _say(msg: str) -> None:
+    print(f"install: {msg}", flush=True)
+
+
+def _sh_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def wrapper_script(prefix: Path) -> str:
+    """The ``PREFIX/bin/appliance`` script."""
+    return f"""#!/bin/sh
+# appliance, installed from a bundle. This wrapper points the CLI at the models of the
+# current release and at the data directory of this installation (APPLIANCE_HOME, when set,
+# chooses another data directory).
+APPLIANCE_PREFIX={_sh_quote(str(prefix))}
+APPLIANCE_MODELS_DIR="$APPLIANCE_PREFIX/current/models"
+: "${{APPLIANCE_HOME:=$APPLIANCE_PREFIX/data}}"
+export APPLIANCE_HOME APPLIANCE_MODELS_DIR
+exec "$APPLIANCE_PREFIX/current/venv/bin/appliance" "$@"
+"""
+
+
+def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.chmod(mode)
+    os.replace(tmp, path)
+
+
+def _copy_checked(src: Path, dest: Path, entry: Entry) -> None:
+    """Copy and check the copy against the MANIFEST (what is placed is what was verified)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        while chunk := fin.read(1 << 20):
+            digest.update(chunk)
+            fout.write(chunk)
+    if digest.hexdigest() != entry.sha256:
+        dest.unlink(missing_ok=True)
+        raise VerifyError(f"{entry.path} changed on the stick during the install; copy the bundle "
+                          "again and re-run install.sh.")
+    dest.chmod(0o644)
+
+
+def kb_fingerprint(path: Path) -> str | None:
+    """The content identity of a knowledge base: its documents (path, sha256) and chunk count.
+
+    Unaffected by WAL or header changes; changes when documents are ingested or removed.
+    None when the file cannot be read as a knowledge base.
+    """
+    try:
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    except apsw.Error:
+        return None
+    try:
+        digest = hashlib.sha256()
+        for doc_path, sha in conn.execute("SELECT path, sha256 FROM documents ORDER BY path"):
+            digest.update(f"{doc_path}\0{sha}\n".encode())
+        chunks = conn.execute("SELECT count(*) FROM chunks").fetchall()[0][0]
+        digest.update(f"chunks {chunks}".encode())
+        return digest.hexdigest()
+    except apsw.Error:
+        return None
+    finally:
+        conn.close()
+
+
+def _remove_kb_files(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+
+
+def _place_kbs(bundle: Path, entries: list[Entry], data: Path, state: dict[str, Any],
+               replace: bool) -> dict[str, str]:
+    """Copy the bundle's knowledge bases into ``data/kb`` without losing the user's work."""
+    placed: dict[str, str] = dict(state.get("kbs", {}))
+    kb_dir = data / "kb"
+    for entry in entries:
+        if not (entry.path.startswith("kb/") and entry.path.endswith(".sqlite")):
+            continue
+        name = entry.path[len("kb/"):-len(".sqlite")]
+        target = kb_dir / f"{name}.sqlite"
+        tmp = kb_dir / f".{name}.sqlite.{os.getpid()}.new"
+        _copy_checked(bundle / entry.path, tmp, entry)
+        new = kb_fingerprint(tmp)
+        if new is None:
+            tmp.unlink()
+            raise VerifyError(f"{entry.path} is not a readable knowledge base; rebuild the "
+                              "bundle.")
+        if not target.exists():
+            os.replace(tmp, target)
+            placed[name] = new
+            _say(f"knowledge base '{name}' installed")
+            continue
+        current = kb_fingerprint(target)
+        if current == new:
+            tmp.unlink()
+            placed[name] = new
+            _say(f"knowledge base '{name}' is up to date")
+        elif current is not None and current == placed.get(name):
+            _remove_kb_files(target)
+            os.replace(tmp, target)
+            placed[name] = new
+            _say(f"knowledge base '{name}' upgraded to the bundle's copy")
+        elif replace:
+            backup = data / "backups" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.sqlite"
+            backup.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                conn = apsw.Connection(str(target))
+                conn.execute("VACUUM INTO ?", (str(backup),))
+                conn.close()
+            except apsw.Error:
+                shutil.copyfile(target, backup)
+            _remove_kb_files(target)
+            os.replace(tmp, target)
+            placed[name] = new
+            _say(f"knowledge base '{name}' replaced by the bundle's copy (yours is kept as "
+                 f"{backup})")
+        else:
+            tmp.unlink()
+            _say(f"knowledge base '{name}' kept: it changed since it was installed (documents "
+                 "were added or removed); re-run with --replace-kbs to take the bundle's copy "
+                 "(yours is then backed up)")
+    return placed
+
+
+def install(bundle: Path, prefix: Path, release: Path, *, replace_kbs: bool = False,
+            doctor: bool = True) -> int:
+    """Place the bundle; return the exit status."""
+    entries = read_manifest(bundle)
+    data = prefix / "data"
+    state_path = prefix / STATE
+    try:
+        state: dict[str, Any] = json.loads(state_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = {}
+    models = [e for e in entries if e.path.startswith("models/")]
+    total = sum(e.size for e in models)
+    _say(f"copying {len(models)} model files ({total / 1e6:.0f} MB)")
+    for entry in models:
+        _copy_checked(bundle / entry.path, release / entry.path, entry)
+    for name in ("bundle.json", "sbom.cdx.json", PUBLIC_KEY, MANIFEST, "README.md"):
+        if (bundle / name).is_file():
+            shutil.copyfile(bundle / name, release / name)
+    (data / "kb").mkdir(parents=True, exist_ok=True)
+    kbs = _place_kbs(bundle, entries, data, state, replace_kbs)
+    wrapper = prefix / "bin" / "appliance"
+    _write_atomic(wrapper, wrapper_script(prefix).encode(), 0o755)
+
+    if doctor:
+        _say("running `appliance doctor` on the new release")
+        env = {**os.environ, "APPLIANCE_HOME": str(data),
+               "APPLIANCE_MODELS_DIR": str(release / "models")}
+        rc = subprocess.run([str(release / "venv" / "bin" / "appliance"), "doctor"], env=env,
+                            check=False).returncode
+        if rc != 0:
+            print("install: REFUSED: `appliance doctor` failed on the new release (see above); "
+                  "the previous installation, if any, is still the current one.", file=sys.stderr)
+            return 1
+
+    link = prefix / f".current.{os.getpid()}"
+    link.unlink(missing_ok=True)
+    link.symlink_to(Path("releases") / release.name)
+    os.replace(link, prefix / "current")
+    for old in (prefix / "releases").iterdir():
+        if old.name != release.name:
+            shutil.rmtree(old, ignore_errors=True)
+    manifest_sha = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()
+    state.update(release=release.name, manifest_sha256=manifest_sha, kbs=kbs)
+    _write_atomic(state_path, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode())
+
+    info: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        info = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
+    kb_names = sorted(kbs)
+    example_kb = f" --kb {kb_names[0]}" if kb_names else ""
+    print(f"""
+Installed appliance {info.get('appliance', '')} at {prefix}
+  command    {wrapper}
+  data       {data}  (knowledge bases: {', '.join(kb_names) or 'none yet'})
+Next steps:
+  export PATH="{prefix / 'bin'}:$PATH"      (add it to ~/.profile to keep it)
+  appliance ask "your question"{example_kb}
+  appliance tui                              (the terminal interface)
+  appliance ingest FOLDER --kb NAME          (add your own documents)
+  appliance doctor                           (check the installation again)
+Re-run install.sh from a newer bundle to upgrade; your knowledge bases and feedback stay.""")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for install.sh."""
+    parser = argparse.ArgumentParser(prog="python -m appliance.bundle.install")
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--prefix", type=Path, required=True)
+    parser.add_argument("--release", type=Path, required=True)
+    parser.add_argument("--replace-kbs", action="store_true")
+    parser.add_argument("--no-doctor", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        return install(args.bundle.resolve(), args.prefix.resolve(), args.release.resolve(),
+                       replace_kbs=args.replace_kbs, doctor=not args.no_doctor)
+    except VerifyError as exc:
+        print(f"install: REFUSED: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"install: failed: {exc}; check free space and permissions at the prefix, then "
+              "re-run install.sh.", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
