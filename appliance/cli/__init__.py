@@ -13,6 +13,8 @@ import click
 from appliance.cli import answer as _answer  # noqa: F401  (registers ask, batch)
 from appliance.cli import bundle as _bundle  # noqa: F401  (registers subcommands)
 from appliance.cli import commands as _commands  # noqa: F401  (registers subcommands)
+from appliance.cli import eval as _eval  # noqa: F401  (registers eval, eval-retrieval)
+from appliance.cli import train as _train  # noqa: F401  (registers train, train-data)
 from appliance.cli import tui as _tui  # noqa: F401  (registers tui, feedback)
 from appliance.cli._base import cli, err
 from appliance.errors import ApplianceError

@@ -1,0 +1,320 @@
+"""Fine-tuning commands: train, train-data (check, grounded), models remove.
+
+Nothing here imports torch, transformers or peft at import time; ``appliance train``
+loads them when it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from appliance.cli._base import AppContext, cli, err, out, pass_ctx, progress_bar
+from appliance.cli.commands import models
+from appliance.errors import InputError
+from appliance.train.config import QUANT_TYPES, RunOptions, TrainConfig
+from appliance.train.data import KIND_LABELS, DataReport, validate_chat_jsonl
+
+_D = TrainConfig()
+
+
+def _print_report(report: DataReport, limit: int = 20) -> None:
+    counts = report.counts()
+    parts = [f"{counts['examples']} valid", f"{counts['invalid']} invalid"]
+    parts += [f"{counts[k]} {label}" for k, label in KIND_LABELS.items() if counts[k]]
+    err.print(f"[bold]{report.path}[/]: {counts['lines']} examples: " + ", ".join(parts))
+    for issue in report.issues[:limit]:
+        err.print(f"  [red]line {issue.line}[/]{', ' + issue.field if issue.field else ''}: "
+                  f"{issue.message}")
+    more = sum(report.issue_counts.values()) - min(limit, len(report.issues))
+    if more > 0:
+        err.print(f"  … and {more} more")
+
+
+# -- train -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--base", required=True,
+              help="Registry id of a generator GGUF (dequantized for training) or a Hugging "
+                   "Face model folder.")
+@click.option("--out", "out_id", default=None,
+              help="Id to register the model under [default: <base>-<data name>-<quant>].")
+@click.option("--epochs", type=int, default=_D.epochs, show_default=True)
+@click.option("--lr", type=float, default=_D.learning_rate, show_default=True,
+              help="Peak learning rate (linear decay to a tenth).")
+@click.option("--rank", type=int, default=_D.r, show_default=True, help="LoRA rank r.")
+@click.option("--alpha", type=int, default=_D.lora_alpha, show_default=True,
+              help="LoRA alpha (the update is scaled by alpha / rank).")
+@click.option("--dropout", type=float, default=_D.lora_dropout, show_default=True,
+              help="LoRA dropout.")
+@click.option("--max-len", type=int, default=_D.max_len, show_default=True,
+              help="Longest example in tokens, chat template included; longer ones are errors.")
+@click.option("--val-split", type=float, default=_D.val_split, show_default=True,
+              help="Share of examples held out for validation loss and the parity check.")
+@click.option("--quant", type=click.Choice(QUANT_TYPES), default=_D.quant, show_default=True,
+              help="GGUF type of the exported model.")
+@click.option("--batch-size", type=int, default=_D.batch_size, show_default=True)
+@click.option("--grad-accum", type=int, default=_D.grad_accum, show_default=True,
+              help="Batches per optimiser step.")
+@click.option("--max-steps", type=int, default=0, show_default=True,
+              help="Stop after this many optimiser steps (0: all epochs).")
+@click.option("--seed", type=int, default=_D.seed, show_default=True)
+@click.option("--save-every", type=int, default=RunOptions.save_every, show_default=True,
+              help="Optimiser steps between checkpoints.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="auto: CUDA when present, else CPU.")
+@click.option("--threads", type=int, default=0, help="CPU threads for torch (0: default).")
+@click.option("--force", is_flag=True,
+              help="Replace an existing model with this id; register even if parity fails.")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue from the last checkpoint of the same run (--no-resume discards "
+                   "checkpoints).")
+@click.option("--adapter-gguf", is_flag=True,
+              help="Also write the adapter alone as a GGUF LoRA (llama.cpp lora_path).")
+@click.option("--json", "as_json", is_flag=True, help="Print the registered entry as JSON.")
+@pass_ctx
+def train(c: AppContext, data: Path, base: str, out_id: str | None, epochs: int, lr: float,
+          rank: int, alpha: int, dropout: float, max_len: int, val_split: float, quant: str,
+          batch_size: int, grad_accum: int, max_steps: int, seed: int, save_every: int,
+          device: str, threads: int, force: bool, resume: bool, adapter_gguf: bool,
+          as_json: bool) -> None:
+    """Fine-tune a LoRA adapter on chat JSONL DATA and register the merged GGUF.
+
+    DATA has one {"messages": [{"role", "content"}, ...]} object per line. It is checked
+    first (line-numbered errors, nothing trained when any line is bad). Loss is on the
+    assistant turns only, rendered with the base model's chat template. Checkpoints go to
+    DATA_DIR/train/<id>/checkpoints; a killed run resumes when rerun with the same
+    arguments. The adapter is merged, converted to GGUF, quantized, checked for parity with
+    the merged model and registered in DATA_DIR/models/manifest.toml.
+    """
+    from appliance.train import fine_tune
+
+    report = validate_chat_jsonl(data)
+    if not report.ok:
+        _print_report(report)
+    report.raise_if_invalid()
+    config = TrainConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, epochs=epochs,
+                         learning_rate=lr, batch_size=batch_size, grad_accum=grad_accum,
+                         max_len=max_len, val_split=val_split, seed=seed, max_steps=max_steps,
+                         quant=quant)
+    options = RunOptions(save_every=save_every, resume=resume, device=device, threads=threads)
+    counts = report.counts()
+    err.print(f"[bold]data[/] {data}: {counts['examples']} examples, {counts['assistant']} "
+              f"assistant turns")
+
+    def log(msg: str) -> None:
+        err.print(f"[dim]{msg}[/]")
+
+    with progress_bar("Training", not as_json) as update:
+        def progress(step: int, total: int, info: dict[str, Any]) -> None:
+            text = f"loss {info['loss']:.4f} · epoch {info['epoch']}"
+            if info.get("val_loss") is not None:
+                text += f" · val {info['val_loss']:.4f}"
+            update(step, total, text)
+
+        result = fine_tune(data, base, c.app.settings, c.app.registry, out_id=out_id,
+                           config=config, options=options, force=force,
+                           adapter_gguf=adapter_gguf, progress=progress, log=log,
+                           report=report)
+    entry = result.entry
+    if as_json:
+        click.echo(json.dumps(entry.to_json() if entry else None, indent=2))
+        return
+    m = result.metrics
+    table = Table(show_header=False, box=None, pad_edge=False)
+    if entry is not None:
+        table.add_row("id", entry.id)
+        table.add_row("file", str(entry.path))
+        table.add_row("size", f"{(entry.size or 0) / 1e6:.0f} MB")
+        table.add_row("sha256", entry.sha256)
+    table.add_row("steps", f"{m.get('steps')} ({'resumed from ' + str(result.resumed_from) if result.resumed_from else 'fresh'})")  # noqa: E501
+    for h in m.get("history", []):
+        val = h.get("val_loss")
+        table.add_row(f"epoch {h['epoch']}", f"train loss {h['train_loss']:.4f}" +
+                      (f", validation loss {val:.4f}" if val is not None else ""))
+    table.add_row("parity", result.parity.summary())
+    table.add_row("seconds", ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
+    if result.adapter_gguf:
+        table.add_row("adapter GGUF", str(result.adapter_gguf))
+    out.print(table)
+
+
+# -- train-data --------------------------------------------------------------------------------
+
+
+@cli.group("train-data")
+def train_data() -> None:
+    """Check chat JSONL training data, or build the grounded behaviour data."""
+
+
+@train_data.command("check")
+@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def train_data_check(data: Path, as_json: bool) -> None:
+    """Validate chat JSONL: every problem with its line number, and counts of each kind."""
+    report = validate_chat_jsonl(data)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        _print_report(report, limit=1000)
+    if not report.ok:
+        sys.exit(2)
+
+
+@train_data.command("grounded")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Chat JSONL file to write.")
+@click.option("--squad", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="SQuAD 2.0 JSON file: the questions and paragraphs.")
+@click.option("--split", type=click.Choice(["dev", "all"]), default="dev", show_default=True,
+              help="Articles to use: dev keeps the test split unseen for evaluation.")
+@click.option("--kb", default=None,
+              help="Take sources from this knowledge base (built from the chosen articles "
+                   "when needed), exactly as the pipeline retrieves them; else from the "
+                   "SQuAD paragraphs directly.")
+@click.option("--model", "model_id", default=None,
+              help="Generator whose tokenizer counts prompt tokens [default: the default "
+                   "answer model].")
+@click.option("--sources", type=int, default=3, show_default=True, help="Sources per prompt.")
+@click.option("--abstain-share", type=float, default=0.4, show_default=True,
+              help="Target share of abstaining examples.")
+@click.option("--hard-negatives", type=float, default=0.2, show_default=True,
+              help="Share of answerable questions turned into hard negatives.")
+@click.option("--limit", type=int, default=0, help="Most examples (0: all).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@pass_ctx
+def train_data_grounded(c: AppContext, output: Path, squad: Path, split: str, kb: str | None,
+                        model_id: str | None, sources: int, abstain_share: float,
+                        hard_negatives: float, limit: int, seed: int) -> None:
+    """Build chat examples that teach answering from numbered sources with [n] citations,
+    and abstaining when the sources lack the answer.
+
+    Prompts are built by the answer pipeline's own prompt builder, so training and
+    inference prompts are identical. Only SQuAD's dev-split articles are used by default.
+    """
+    from appliance.evaluate.squad import load_squad
+    from appliance.train.data import write_chat_jsonl
+    from appliance.train.grounded import (
+        GroundedOptions,
+        SquadSources,
+        build_grounded,
+        held_out_articles,
+    )
+
+    try:
+        articles = load_squad(squad)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{squad} is not a SQuAD JSON file: {exc}.") from None
+    chosen, held = held_out_articles(articles)
+    if split == "all":
+        chosen, held = list(articles), []
+        err.print("[yellow]warning[/] --split all: evaluating on these articles afterwards "
+                  "measures memorisation, not grounding.")
+    settings = c.app.settings
+    options = GroundedOptions(sources=sources, abstain_share=abstain_share,
+                              hard_negative_share=hard_negatives, limit=limit, seed=seed,
+                              n_ctx=settings.generate.n_ctx,
+                              max_tokens=settings.generate.max_tokens)
+    count_tokens = _token_counter(c, model_id)
+    if kb:
+        from appliance.evaluate.runner import EvalSet, prepare_squad_kb
+
+        with progress_bar("Ingesting", True) as update:
+            prepare_squad_kb(c.app, EvalSet(items=[], source=str(squad), kind="squad",
+                                            articles=chosen), kb, progress=update)
+
+        def find(question: Any, k: int) -> list[Any]:
+            return list(c.app.search(question.question, kb=kb, k=k).hits)
+
+        examples, report = build_grounded(chosen, find, count_tokens, options, retrieved=True,
+                                          exclude_articles=[a.title for a in held])
+    else:
+        finder = SquadSources(chosen, settings.home / "eval" / "squad" / "squad-dev",
+                              options.max_source_chars)
+        examples, report = build_grounded(chosen, finder, count_tokens, options,
+                                          exclude_articles=[a.title for a in held])
+    n = write_chat_jsonl(examples, output)
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("written", f"{n} examples to {output}")
+    table.add_row("answer (cited)", str(report.answer))
+    table.add_row("abstain: unanswerable", str(report.abstain_unanswerable))
+    table.add_row("abstain: hard negative", str(report.abstain_hard_negative))
+    if kb:
+        table.add_row("abstain: not retrieved", str(report.abstain_not_retrieved))
+    table.add_row("skipped", str(report.skipped))
+    table.add_row("articles", ", ".join(report.articles))
+    table.add_row("held out", ", ".join(report.held_out) or "none")
+    out.print(table)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for a native library's chatter."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _token_counter(c: AppContext, model_id: str | None) -> Any:
+    """Token counts of the answer model's tokenizer (llama.cpp, vocabulary only)."""
+    from appliance.generate import generator_id
+
+    registry = c.app.registry
+    mid = model_id or generator_id(registry, c.app.settings, "rag")
+    entry = registry.resolve(mid)
+    try:
+        from llama_cpp import Llama
+    except ImportError:  # pragma: no cover - setup installs it
+        return lambda text: len(text) // 4 + 1
+    with _quiet_stderr():  # llama.cpp warns about the context of a vocabulary-only load
+        llm = Llama(model_path=str(entry.path), vocab_only=True, verbose=False)
+
+    def count(text: str) -> int:
+        return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)) \
+            if text else 0
+
+    return count
+
+
+# -- models remove -----------------------------------------------------------------------------
+
+
+@models.command("remove")
+@click.argument("model_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--keep-run", is_flag=True,
+              help="Keep the training run (checkpoints, adapter) in DATA_DIR/train/<id>.")
+@pass_ctx
+def models_remove(c: AppContext, model_id: str, yes: bool, keep_run: bool) -> None:
+    """Remove a model that `appliance train` registered (entry and file)."""
+    import shutil
+
+    from appliance.train.register import remove_model
+
+    entry = c.app.registry.get(model_id)
+    if entry.origin != "user":
+        raise InputError(f"'{model_id}' is a packaged model; only models that `appliance "
+                         "train` registered can be removed.")
+    if not yes and not click.confirm(f"Remove model '{model_id}' ({entry.path})?", err=True):
+        sys.exit(1)
+    remove_model(c.app.settings, model_id)
+    run = c.app.settings.home / "train" / model_id
+    if run.is_dir() and not keep_run:
+        shutil.rmtree(run, ignore_errors=True)
+    out.print(f"removed '{model_id}'")

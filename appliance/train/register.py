@@ -1,0 +1,262 @@
+"""Registering trained models in the user manifest (``<data dir>/models/manifest.toml``).
+
+An entry names the GGUF (relative to the manifest's folder), its sha256 and size, and the
+lineage: the base (id and sha256), the training data's sha256, the LoRA configuration, the
+training metrics and the parity result. Ids are unique across the packaged and the user
+manifest; an existing user id is replaced only with ``force``, a packaged one never.
+
+The manifest is rewritten atomically (a temporary file renamed over it, after checking
+that it parses back to the same data) under an advisory lock, and the GGUF is in place
+before the entry that names it, so a kill at any moment leaves either the old or the new
+registry, never an entry without its file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import math
+import os
+import re
+import shutil
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from appliance.config import Settings
+from appliance.errors import ConfigError, InputError, ModelNotFoundError
+from appliance.models.registry import ModelEntry, Registry, sha256_file
+from appliance.train.errors import ModelExistsError
+
+__all__ = ["check_id_free", "dump_manifest", "register_model", "remove_model", "validate_model_id"]
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+HEADER = (
+    "# User model registry: models that `appliance train` registered. Written by the\n"
+    "# appliance (comments are not kept); `appliance models list --json` shows it.\n"
+)
+
+
+def validate_model_id(model_id: str) -> str:
+    """``model_id`` if usable as an id and file name, else InputError."""
+    if not _ID.match(model_id) or model_id.endswith((".gguf", ".")):
+        raise InputError(
+            f"'{model_id}' is not a valid model id: use letters, digits, '.', '_' or '-' "
+            "(at most 64, starting with a letter or digit, not ending in .gguf)."
+        )
+    return model_id
+
+
+# -- TOML writing (the subset a manifest needs) ----------------------------------------------
+
+
+def _key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else json.dumps(key)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_value(v) for v in value if v is not None) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{_key(str(k))} = {_value(v)}" for k, v in value.items()
+                          if v is not None)
+        return "{ " + inner + " }" if inner else "{}"
+    raise ConfigError(f"Cannot write a {type(value).__name__} into the model manifest.")
+
+
+def _table(lines: list[str], header: str, table: dict[str, Any], array: bool) -> None:
+    lines.append(f"[[{header}]]" if array else f"[{header}]")
+    nested = []
+    for key, value in table.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            nested.append((key, value))
+        else:
+            lines.append(f"{_key(key)} = {_value(value)}")
+    for key, value in nested:
+        lines.append("")
+        _table(lines, f"{header}.{_key(key)}", value, array=False)
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_drop_none(v) for v in value if v is not None]
+    return value
+
+
+def dump_manifest(doc: dict[str, Any]) -> str:
+    """TOML text of a manifest: top-level scalars, then one ``[[model]]`` per entry.
+
+    Raises ConfigError unless the text parses back to ``doc`` (``None`` values dropped).
+    """
+    clean = _drop_none(doc)
+    lines = [HEADER.rstrip("\n")]
+    for key, value in clean.items():
+        if key != "model" and not isinstance(value, dict):
+            lines.append(f"{_key(key)} = {_value(value)}")
+    for key, value in clean.items():
+        if key != "model" and isinstance(value, dict):
+            lines.append("")
+            _table(lines, _key(key), value, array=False)
+    for entry in clean.get("model", []):
+        lines.append("")
+        _table(lines, "model", entry, array=True)
+    text = "\n".join(lines) + "\n"
+    expected = json.loads(json.dumps(clean))
+    if not expected.get("model"):
+        expected.pop("model", None)
+    if tomllib.loads(text) != expected:
+        raise ConfigError("The model manifest would not read back as written; nothing was "
+                          "changed (report this as a bug).")
+    return text
+
+
+# -- the user manifest ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".manifest.lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {"schema": 1, "model": []}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"Cannot read the user model manifest {path}: {exc}; fix or move "
+                          "it away.") from exc
+    data.setdefault("schema", 1)
+    data.setdefault("model", [])
+    return data
+
+
+def _write(path: Path, doc: dict[str, Any]) -> None:
+    text = dump_manifest(doc)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def register_model(
+    settings: Settings,
+    model_id: str,
+    gguf: Path,
+    *,
+    lineage: dict[str, Any],
+    force: bool = False,
+    description: str = "",
+    licence: str = "",
+    source: str = "",
+    extra: dict[str, Any] | None = None,
+) -> ModelEntry:
+    """Move ``gguf`` into the user models folder and add (or with ``force`` replace) the
+    entry ``model_id`` with its sha256, size and ``lineage``."""
+    validate_model_id(model_id)
+    folder = settings.user_models_dir
+    manifest = folder / "manifest.toml"
+    with _locked(folder):
+        check_id_free(settings, model_id, force)
+        doc = _read(manifest)
+        old = [e for e in doc["model"] if e.get("id") == model_id]
+        name = f"{model_id}.gguf"
+        if (folder / name).exists() or any(e.get("file") == name for e in doc["model"]):
+            name = f"{model_id}.{sha256_file(gguf)[:12]}.gguf"
+        dest = folder / name
+        tmp = folder / f".{name}.{os.getpid()}.tmp"
+        shutil.move(str(gguf), str(tmp))
+        digest = sha256_file(tmp)
+        os.replace(tmp, dest)
+        entry: dict[str, Any] = {
+            "id": model_id,
+            "role": "generator",
+            "format": "gguf",
+            "file": name,
+            "sha256": digest,
+            "size": dest.stat().st_size,
+            "origin": "user",
+            "source": source,
+            "licence": licence,
+            "description": description,
+            "created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+            **(extra or {}),
+            "lineage": lineage,
+        }
+        doc["model"] = [e for e in doc["model"] if e.get("id") != model_id] + [entry]
+        _write(manifest, doc)
+        for e in old:
+            stale = folder / str(e.get("file", ""))
+            if e.get("file") and e.get("file") != name and stale.is_file() \
+                    and stale.resolve().parent == folder.resolve():
+                stale.unlink()
+    return Registry.load(settings).get(model_id)
+
+
+def check_id_free(settings: Settings, model_id: str, force: bool) -> None:
+    """Raise ModelExistsError if ``model_id`` is packaged, or registered and not ``force``."""
+    registry = Registry.load(settings)
+    if model_id not in registry:
+        return
+    entry = registry.get(model_id)
+    if entry.origin != "user":
+        raise ModelExistsError(
+            f"'{model_id}' is a packaged model and cannot be replaced; choose another --out."
+        )
+    if not force:
+        raise ModelExistsError(
+            f"A model '{model_id}' is already registered; choose another --out, or add "
+            "--force to replace it."
+        )
+
+
+def remove_model(settings: Settings, model_id: str, delete_file: bool = True) -> ModelEntry:
+    """Remove a user model's entry (and its file); packaged models are refused."""
+    folder = settings.user_models_dir
+    with _locked(folder):
+        entry = Registry.load(settings).get(model_id)
+        if entry.origin != "user":
+            raise InputError(
+                f"'{model_id}' is a packaged model; only models that `appliance train` "
+                "registered can be removed."
+            )
+        manifest = folder / "manifest.toml"
+        doc = _read(manifest)
+        kept = [e for e in doc["model"] if e.get("id") != model_id]
+        if len(kept) == len(doc["model"]):
+            raise ModelNotFoundError(f"No user model '{model_id}' in {manifest}.")
+        doc["model"] = kept
+        _write(manifest, doc)
+        if delete_file and entry.path.is_file() \
+                and entry.path.resolve().parent == folder.resolve():
+            entry.path.unlink()
+    return entry
