@@ -10,7 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 
 # Debian packages the tests use (command -> package).
-declare -A APT_PACKAGES=([tmux]=tmux)
+declare -A APT_PACKAGES=([tmux]=tmux [chromium]=chromium)
 missing=()
 for cmd in "${!APT_PACKAGES[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${APT_PACKAGES[$cmd]}")
