@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -150,7 +151,9 @@ def main() -> int:
     console.print(table)
     same = texts["raw"].strip() == texts["appliance"].strip()
     console.print(f"same text from both: {'yes' if same else 'NO'} "
-                  "(ratio of time to first token: raw / appliance, higher is better)")
+                  "(ratio of time to first token: raw / appliance, higher is better); "
+                  f"load average during the runs: {os.getloadavg()[0]:.1f} "
+                  f"on {os.cpu_count()} CPUs")
     gen.close()
 
     # -- 2. time split of full RAG answers ----------------------------------------------------
