@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from appliance.errors import ConfigError
 
 __all__ = [
+    "AnswerSettings",
     "EmbedSettings",
     "GenerateSettings",
     "IngestSettings",
@@ -124,6 +125,23 @@ class RetrieveSettings(_Section):
     )
 
 
+class AnswerSettings(_Section):
+    """How answers are assembled (calibrated on the SQuAD dev split; see README)."""
+
+    k: int = Field(3, ge=1, le=20, description="Sources retrieved for the prompt.")
+    abstain_min_vector: float = Field(
+        0.35, description="Abstain without calling the model when the best hit's cosine is "
+        "below this and its bm25 is below abstain_min_keyword.",
+    )
+    abstain_min_keyword: float = Field(
+        10.0, description="bm25 relevance that counts as keyword evidence on its own."
+    )
+    closest: int = Field(3, ge=0, le=20, description="Sources listed when abstaining.")
+    complete_citations: bool = Field(
+        True, description="When an answer cites nothing, let the model pick its source [n]."
+    )
+
+
 class GenerateSettings(_Section):
     """llama.cpp generation."""
 
@@ -145,6 +163,7 @@ class Settings(_Section):
     store: StoreSettings = Field(default_factory=StoreSettings)  # type: ignore[arg-type]
     retrieve: RetrieveSettings = Field(default_factory=RetrieveSettings)  # type: ignore[arg-type]
     generate: GenerateSettings = Field(default_factory=GenerateSettings)  # type: ignore[arg-type]
+    answer: AnswerSettings = Field(default_factory=AnswerSettings)  # type: ignore[arg-type]
 
     @field_validator("home")
     @classmethod

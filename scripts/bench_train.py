@@ -212,8 +212,8 @@ def main() -> int:
     table.add_row("mean tokens / example", str(numbers["mean_tokens_per_example"]))
     table.add_row("training tokens / s", str(numbers["train_tokens_per_s"]))
     table.add_row(f"GGUF {args.quant} (MB)", str(numbers["gguf_mb"]))
-    table.add_row("parity top-1 (decisive)", f"{result.parity.top1:.4f} "
-                                             f"({result.parity.top1_decisive:.4f})")
+    table.add_row("parity top-1: tie-aware (strict)", f"{result.parity.top1_tie_aware:.4f} "
+                                                      f"({result.parity.top1:.4f})")
     table.add_row("generation tok/s: base", f"{base_tps:.1f}")
     table.add_row("generation tok/s: fine-tuned", f"{tuned_tps:.1f}")
     Console().print(table)

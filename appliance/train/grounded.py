@@ -272,7 +272,10 @@ def build_grounded(
     )
     rng.shuffle(plans)
     built: list[tuple[str, dict[str, Any]]] = []
-    for kind, q in plans:
+    for done, (kind, q) in enumerate(plans):
+        if options.limit and len(built) >= options.limit:
+            report.skipped += len(plans) - done
+            break
         hits = sources(q, options.sources)
         if kind == "hard":
             hits = [h for h in hits if not answer_in_text(q.answers, h.text)]
@@ -301,9 +304,6 @@ def build_grounded(
         ]
         built.append((kind, {"messages": [*context,
                                           {"role": "assistant", "content": reply}]}))
-    if options.limit and len(built) > options.limit:
-        report.skipped += len(built) - options.limit
-        built = built[: options.limit]
     kinds = Counter(kind for kind, _ in built)
     report.answer = kinds["answer"]
     report.abstain_hard_negative = kinds["hard"]
