@@ -6,7 +6,6 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.table import Table
@@ -15,10 +14,6 @@ from appliance.cli._base import AppContext, cli, err, out, pass_ctx, progress_ba
 from appliance.errors import InputError, KnowledgeBaseNotFoundError
 
 DEFAULT_MODES = "base,rag,ft,hybrid"
-
-
-def _pct(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.0%}"
 
 
 @cli.command("eval")
@@ -56,7 +51,7 @@ def eval_command(c: AppContext, eval_set: Path, kb: str, modes: str | None, mode
     inline, no network) and report.json, with a decision section: knowledge failures call
     for RAG, behaviour failures for fine-tuning, both for the hybrid.
     """
-    from appliance.evaluate.report import write_reports
+    from appliance.evaluate.report import mode_table, write_reports
     from appliance.evaluate.runner import load_eval_set, parse_modes, prepare_squad_kb, run_eval
     from appliance.pipeline import Pipeline
 
@@ -96,18 +91,10 @@ def eval_command(c: AppContext, eval_set: Path, kb: str, modes: str | None, mode
         err.print(f"[yellow]{mode} skipped[/]: {reason}.")
     for note in report["notes"]:
         err.print(f"[yellow]note[/] {note}")
-    table = Table("mode", "model", "accuracy", "EM", "F1", "contained", "abstain ok",
-                  "false abst.", "cite prec.", "cite cov.", "format", "faithful", "p50 ms",
-                  "tok/s")
-    for mode, entry in report["modes"].items():
-        m = entry["metrics"]
-        table.add_row(mode, entry["model"], _pct(m["accuracy"]), _pct(m["em"]), _pct(m["f1"]),
-                      _pct(m["contained"]), _pct(m["abstention_accuracy"]),
-                      _pct(m["false_abstention"]), _pct(m["citation_precision"]),
-                      _pct(m["citation_coverage"]), _pct(m["format_compliance"]),
-                      _pct(m["faithfulness"]),
-                      "n/a" if m["p50_ms"] is None else f"{m['p50_ms']:,.0f}",
-                      "n/a" if m["tokens_per_s"] is None else f"{m['tokens_per_s']:.1f}")
+    header, rows = mode_table(report)
+    table = Table(*header)
+    for row in rows:
+        table.add_row(*row)
     out.print(table)
     if report["retrieval"]:
         r = report["retrieval"]

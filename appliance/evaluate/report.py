@@ -23,6 +23,7 @@ __all__ = [
     "METRICS",
     "bar_chart",
     "decide",
+    "mode_table",
     "render_html",
     "render_markdown",
     "write_reports",
@@ -230,7 +231,7 @@ def decide(report: Mapping[str, Any]) -> dict[str, Any]:
 # -- tables ----------------------------------------------------------------------------------
 
 
-def _rows(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+def mode_table(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the per-mode table: metrics as rows, modes as columns."""
     modes = _modes(report)
     header = ["metric", *modes]
@@ -242,11 +243,12 @@ def _rows(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
         if all(v is None or v.get(key) is None for v in values):
             continue
         rows.append([label, *[_pct(v.get(key)) if v else "n/a" for v in values]])
-    for key, label, unit in (("p50_ms", "latency p50", " ms"), ("p95_ms", "latency p95", " ms"),
-                             ("tokens_per_s", "tokens/s", "")):
+    for key, label, fmt in (("p50_ms", "latency p50", "{:,.0f} ms"),
+                            ("p95_ms", "latency p95", "{:,.0f} ms"),
+                            ("tokens_per_s", "tokens/s", "{:,.1f}")):
         values = [_metrics(report, m) for m in modes]
         rows.append([label, *[
-            "n/a" if not v or v.get(key) is None else f"{v[key]:,.0f}{unit}" for v in values]])
+            "n/a" if not v or v.get(key) is None else fmt.format(v[key]) for v in values]])
     return header, rows
 
 
@@ -283,11 +285,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     out = ["# Evaluation report", ""]
     out.append(f"- Set: {_set_line(report)}")
     out.append(f"- Knowledge base: `{report['kb']}`")
-    out.append(f"- Created: {report['created']} ({report['seconds']} s)")
+    out.append(f"- Created: {report['created']} (this run took {report['seconds']} s)")
     if report.get("command"):
         out.append(f"- Command: `{report['command']}`")
     out += ["", "## Results by mode", ""]
-    header, rows = _rows(report)
+    header, rows = mode_table(report)
     out += [_md_table(header, rows), ""]
     for mode, reason in report.get("skipped", {}).items():
         out.append(f"- **{mode} skipped**: {reason}.")
@@ -482,7 +484,7 @@ def render_html(report: Mapping[str, Any]) -> str:
                     "<h1>Evaluation report</h1>",
                     f'<p class="meta">{_e(_set_line(report).replace("`", ""))}<br>'
                     f"Knowledge base: <code>{_e(report['kb'])}</code> · created "
-                    f"{_e(report['created'])} · {_e(report['seconds'])} s</p>"]
+                    f"{_e(report['created'])} · this run took {_e(report['seconds'])} s</p>"]
     if report.get("command"):
         s.append(f'<p class="meta">Command: <code>{_e(report["command"])}</code></p>')
     s.append('<h2 id="decision">Decision</h2>')
@@ -493,7 +495,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         items = "".join(f"<li>{_e(x)}</li>" for x in d[key]) or "<li>none</li>"
         s.append(f"<h3>{_e(title)}</h3><ul>{items}</ul>")
     s.append('<h2 id="results">Results by mode</h2>')
-    header, rows = _rows(report)
+    header, rows = mode_table(report)
     s.append(_html_table(header, rows))
     for mode, reason in report.get("skipped", {}).items():
         s.append(f"<p><b>{_e(mode)} skipped</b>: {_e(reason)}.</p>")

@@ -118,7 +118,8 @@ def _decode_utf8(data: bytes) -> str:
     return text
 
 
-def _path_reason(exc: OSError) -> str:
+def path_reason(exc: OSError) -> str:
+    """One-line reason for an OSError met while opening or reading a file."""
     if exc.errno == errno.ELOOP:
         return "symlink loop"
     if exc.errno == errno.ENOENT:
@@ -146,7 +147,7 @@ def _read_bytes(path: Path, settings: IngestSettings) -> bytes:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise DocumentError(_path_reason(exc)) from None
+        raise DocumentError(path_reason(exc)) from None
     if not stat.S_ISREG(st.st_mode):
         raise DocumentError("not a regular file")
     if st.st_size > limit:
@@ -157,14 +158,14 @@ def _read_bytes(path: Path, settings: IngestSettings) -> bytes:
     try:
         fd = os.open(path, flags | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
-        raise DocumentError(_path_reason(exc)) from None
+        raise DocumentError(path_reason(exc)) from None
     try:
         with os.fdopen(fd, "rb") as fh:
             if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
                 raise DocumentError("not a regular file")
             data = fh.read(limit + 1)
     except OSError as exc:
-        raise DocumentError(_path_reason(exc)) from None
+        raise DocumentError(path_reason(exc)) from None
     if len(data) > limit:
         raise _too_big(len(data), limit)
     if not data:

@@ -20,7 +20,7 @@ from pathlib import Path
 from appliance.config import IngestSettings
 from appliance.errors import DocumentError, InputError
 from appliance.ingest.chunking import Chunker, embed_text
-from appliance.ingest.loaders import format_bytes
+from appliance.ingest.loaders import format_bytes, path_reason
 from appliance.ingest.sandbox import LoaderSandbox
 from appliance.store import KnowledgeBase
 from appliance.types import Embedder, FailedFile, IngestReport
@@ -36,16 +36,6 @@ class Candidate:
 
     path: str
     root: str
-
-
-def _reason(exc: OSError) -> str:
-    if exc.errno == errno.ELOOP:
-        return "symlink loop"
-    if exc.errno == errno.ENOENT:
-        return "broken symlink or file vanished"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    return exc.strerror or str(exc)
 
 
 def discover(
@@ -68,7 +58,7 @@ def discover(
         try:
             st = os.stat(path)
         except OSError as exc:
-            failed.append(FailedFile(path, _reason(exc)))
+            failed.append(FailedFile(path, path_reason(exc)))
             return
         if not stat.S_ISREG(st.st_mode):
             failed.append(FailedFile(path, "not a regular file"))
@@ -87,7 +77,7 @@ def discover(
         except OSError as exc:
             if exc.errno == errno.ENOENT and not os.path.islink(path):
                 raise InputError(f"{given} does not exist; check the path.") from exc
-            failed.append(FailedFile(path, _reason(exc)))
+            failed.append(FailedFile(path, path_reason(exc)))
             continue
         if stat.S_ISDIR(st.st_mode):
             roots.append(path)
@@ -138,7 +128,7 @@ def ingest(
                 report.failed.append(FailedFile(cand.path, exc.message))
                 continue
             except OSError as exc:
-                report.failed.append(FailedFile(cand.path, _reason(exc)))
+                report.failed.append(FailedFile(cand.path, path_reason(exc)))
                 continue
             kind, n = outcome
             report.chunks += n
