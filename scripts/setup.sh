@@ -233,7 +233,15 @@ PY
     say "gguf converter extracted to $CONVERTER ($((SECONDS - T))s)"
 fi
 
-# --- g. summary --------------------------------------------------------------------------
+# --- g. packaged fine-tuned models (models/adapters -> merged, quantized GGUF; cached) -----
+if [[ $NO_MODELS -eq 0 ]] && compgen -G "models/adapters/*/lineage.json" >/dev/null; then
+    T=$SECONDS
+    run_logged models-build "$VPY" -m appliance models build ||
+        die "building the fine-tuned models from models/adapters failed (log: $LOGDIR/models-build.log)"
+    say "fine-tuned models: $(tail -n 1 "$LOGDIR/models-build.log") ($((SECONDS - T))s)"
+fi
+
+# --- h. summary --------------------------------------------------------------------------
 n_models=$(find models -maxdepth 3 -type f \( -name '*.gguf' -o -name '*.onnx' \) 2>/dev/null | wc -l)
 llama=$("$VPY" -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))' 2>/dev/null || echo "?")
 echo "setup: ready in $((SECONDS - START))s: .venv (llama-cpp-python $llama), $n_models model files in models/, cache $CACHE"

@@ -124,8 +124,54 @@ def test_train_merge_export_register_and_parity(tmp_path: Path) -> None:
         fine_tune(data, BASE, settings, Registry.load(settings), out_id="capitals-q8",
                   config=config)
     assert elapsed < 300, f"the CI test took {elapsed:.0f} s"
+    _publish_then_build_packaged(settings, tmp_path)
     print(f"\ntrain+export+parity+register: {elapsed:.1f} s; {result.seconds}; "
           f"{parity.summary()}")
+
+
+def _publish_then_build_packaged(settings: Any, tmp_path: Path) -> None:
+    """The committed-adapter path: publish the run's adapter, then build it as setup does."""
+    from appliance.models.registry import _read_manifest
+    from appliance.train.export import converter_dir
+    from appliance.train.packaged import build_packaged, find_adapters, publish_adapter
+
+    models = tmp_path / "packaged"
+    dest = publish_adapter(settings, "capitals-q8", models / "adapters", out_id="capitals-pk",
+                           description="test", reproduce=["appliance train ..."],
+                           data_note="capitals", parity_examples=4, default=True)
+    lineage = json.loads((dest / "lineage.json").read_text())
+    assert lineage["base"]["id"] == BASE and set(lineage["files"]) >= {
+        "adapter_model.safetensors", "adapter_config.json", "parity.jsonl"}
+    assert len((dest / "parity.jsonl").read_text().splitlines()) == 4
+
+    env = {"APPLIANCE_CONVERTER": str(converter_dir()), "APPLIANCE_CACHE": str(tmp_path / "c")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        logs: list[str] = []
+        assert build_packaged(settings, logs.append, models_dir=models) == ["capitals-pk"]
+        assert any("parity" in m for m in logs), logs
+        built = _read_manifest(models / "built.toml", models, "packaged")
+        assert [e.id for e in built] == ["capitals-pk"] and built[0].default
+        assert (built[0].lineage or {})["build_parity"]["passed"] is True
+        from appliance.models.registry import sha256_file
+
+        assert sha256_file(built[0].path) == built[0].sha256
+        # A second build reuses the cache (no model load) and gives the same file.
+        logs.clear()
+        assert build_packaged(settings, logs.append, models_dir=models) == ["capitals-pk"]
+        assert len(logs) == 1 and logs[0].startswith("capitals-pk: built earlier"), logs
+        assert len(find_adapters(models)) == 1
+        # A changed adapter file is refused before anything is built.
+        (dest / "adapter_config.json").write_text("{}")
+        with pytest.raises(Exception, match="does not match its lineage"):
+            build_packaged(settings, models_dir=models)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def test_bad_data_fails_before_loading_anything(tmp_path: Path) -> None:

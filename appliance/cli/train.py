@@ -1,4 +1,4 @@
-"""Fine-tuning commands: train, train-data (check, grounded), models remove.
+"""Fine-tuning commands: train, train-data (check, grounded), models remove and build.
 
 Nothing here imports torch, transformers or peft at import time; ``appliance train``
 loads them when it runs.
@@ -63,6 +63,8 @@ def _print_report(report: DataReport, limit: int = 20) -> None:
               help="Share of examples held out for validation loss and the parity check.")
 @click.option("--quant", type=click.Choice(QUANT_TYPES), default=_D.quant, show_default=True,
               help="GGUF type of the exported model.")
+@click.option("--layers", type=int, default=_D.layers, show_default=True,
+              help="Adapt only the last N transformer blocks (0: all); fewer train faster.")
 @click.option("--batch-size", type=int, default=_D.batch_size, show_default=True)
 @click.option("--grad-accum", type=int, default=_D.grad_accum, show_default=True,
               help="Batches per optimiser step.")
@@ -85,7 +87,7 @@ def _print_report(report: DataReport, limit: int = 20) -> None:
 @pass_ctx
 def train(c: AppContext, data: Path, base: str, out_id: str | None, epochs: int, lr: float,
           rank: int, alpha: int, dropout: float, max_len: int, val_split: float, quant: str,
-          batch_size: int, grad_accum: int, max_steps: int, seed: int, save_every: int,
+          layers: int, batch_size: int, grad_accum: int, max_steps: int, seed: int, save_every: int,
           device: str, threads: int, force: bool, resume: bool, adapter_gguf: bool,
           as_json: bool) -> None:
     """Fine-tune a LoRA adapter on chat JSONL DATA and register the merged GGUF.
@@ -106,7 +108,7 @@ def train(c: AppContext, data: Path, base: str, out_id: str | None, epochs: int,
     config = TrainConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, epochs=epochs,
                          learning_rate=lr, batch_size=batch_size, grad_accum=grad_accum,
                          max_len=max_len, val_split=val_split, seed=seed, max_steps=max_steps,
-                         quant=quant)
+                         quant=quant, layers=layers)
     options = RunOptions(save_every=save_every, resume=resume, device=device, threads=threads)
     counts = report.counts()
     err.print(f"[bold]data[/] {data}: {counts['examples']} examples, {counts['assistant']} "
@@ -318,3 +320,28 @@ def models_remove(c: AppContext, model_id: str, yes: bool, keep_run: bool) -> No
     if run.is_dir() and not keep_run:
         shutil.rmtree(run, ignore_errors=True)
     out.print(f"removed '{model_id}'")
+
+
+# -- models build ------------------------------------------------------------------------------
+
+
+@models.command("build")
+@click.option("--force", is_flag=True, help="Rebuild even when a cached build exists.")
+@pass_ctx
+def models_build(c: AppContext, force: bool) -> None:
+    """Build the packaged fine-tuned models from the committed LoRA adapters.
+
+    Each adapter in models/adapters/ is checked against its lineage.json, merged into its
+    base, converted to GGUF, quantized and parity-checked, then listed in
+    models/built.toml as a packaged model. scripts/setup.sh runs this; a build is cached,
+    so a rerun costs seconds.
+    """
+    from appliance.train.lora import require_train_packages
+    from appliance.train.packaged import build_packaged, find_adapters
+
+    if not find_adapters():
+        out.print("no adapters in models/adapters; nothing to build")
+        return
+    require_train_packages()
+    ids = build_packaged(c.app.settings, lambda msg: err.print(f"[dim]{msg}[/]"), force=force)
+    out.print(f"built: {', '.join(ids)}")

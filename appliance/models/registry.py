@@ -1,8 +1,10 @@
 """The model registry: two manifests with one layout.
 
 The packaged manifest (``models/manifest.toml`` beside the code, or in an install prefix)
-lists what setup provides; the user manifest (``models/manifest.toml`` in the data
-directory) lists what ``appliance train`` registers. Ids are unique across both. Nothing is
+lists what setup provides, and ``models/built.toml`` beside it what setup built there from
+the committed LoRA adapters (:mod:`appliance.train.packaged`); the user manifest
+(``models/manifest.toml`` in the data directory) lists what ``appliance train`` registers.
+Ids are unique across both. Nothing is
 loaded unless its sha256 matches the manifest; hashes of large files are remembered by
 (size, mtime, inode) so a check costs a ``stat`` after the first time.
 """
@@ -20,7 +22,10 @@ from typing import Any
 from appliance.config import Settings, packaged_models_dir
 from appliance.errors import ConfigError, ModelHashError, ModelNotFoundError
 
-__all__ = ["ModelEntry", "Registry", "sha256_file"]
+__all__ = ["BUILT_MANIFEST", "ModelEntry", "Registry", "sha256_file"]
+
+BUILT_MANIFEST = "built.toml"
+"""Packaged models that setup builds on the machine (fine-tuned from ``models/adapters``)."""
 
 _SETUP_ONLY = {"acquire", "extra_files"}  # read by scripts/acquire_models.py only
 _KNOWN = {"id", "role", "format", "file", "sha256", "size", "source", "licence", "description",
@@ -94,6 +99,7 @@ class Registry:
         entries: list[ModelEntry] = []
         packaged = packaged_models_dir()
         entries += _read_manifest(packaged / "manifest.toml", packaged, "packaged")
+        entries += _read_manifest(packaged / BUILT_MANIFEST, packaged, "packaged")
         user = settings.user_models_dir
         entries += _read_manifest(user / "manifest.toml", user, "user")
         return cls(entries, hash_cache=settings.home / "cache" / "model-hashes.json")

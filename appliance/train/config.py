@@ -56,6 +56,9 @@ class TrainConfig:
     """Stop after this many optimiser steps (0: run every epoch)."""
     quant: str = "q8_0"
     """GGUF type of the exported model."""
+    layers: int = 0
+    """Adapt only the last ``layers`` transformer blocks (0: all). Back-propagation stops at
+    the lowest adapted block, so on a CPU a third of the blocks trains about twice as fast."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -91,6 +94,8 @@ class TrainConfig:
             problems.append(f"validation split must lie in [0, 1), not {self.val_split}")
         if self.max_steps < 0:
             problems.append(f"max steps must be >= 0, not {self.max_steps}")
+        if not 0 <= self.layers <= 1024:
+            problems.append(f"layers must be 0..1024, not {self.layers}")
         if self.quant not in QUANT_TYPES:
             problems.append(f"quant must be one of {', '.join(QUANT_TYPES)}, not {self.quant!r}")
         if problems:
@@ -101,9 +106,9 @@ class TrainConfig:
         """The LoRA update's scale, ``lora_alpha / r``."""
         return self.lora_alpha / self.r
 
-    def peft_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``peft.LoraConfig``."""
-        return {
+    def peft_kwargs(self, n_layers: int = 0) -> dict[str, Any]:
+        """Keyword arguments for ``peft.LoraConfig`` (``n_layers``: the base's block count)."""
+        kwargs: dict[str, Any] = {
             "r": self.r,
             "lora_alpha": self.lora_alpha,
             "lora_dropout": self.lora_dropout,
@@ -111,6 +116,13 @@ class TrainConfig:
             "bias": self.bias,
             "task_type": "CAUSAL_LM",
         }
+        if self.layers and n_layers:
+            if self.layers > n_layers:
+                raise TrainConfigError(
+                    f"--layers {self.layers} exceeds the base model's {n_layers} blocks."
+                )
+            kwargs["layers_to_transform"] = list(range(n_layers - self.layers, n_layers))
+        return kwargs
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (a tuple becomes a list)."""

@@ -659,7 +659,8 @@ def train_lora(
                            skipped=True)
 
     torch.manual_seed(config.seed)
-    model = get_peft_model(model, LoraConfig(**config.peft_kwargs()))
+    n_layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+    model = get_peft_model(model, LoraConfig(**config.peft_kwargs(n_layers)))
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate,
