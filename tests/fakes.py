@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -55,3 +55,34 @@ class HashEmbedder:
             if not norm:
                 out[row, 0] = 1.0
         return out
+
+
+Reply = str | Callable[[list[dict[str, str]]], str]
+
+
+class FakeGenerator:
+    """A deterministic generator: ``reply`` (a string, or a function of the messages)
+    streamed in word-sized pieces; every call's messages are kept in ``calls``."""
+
+    def __init__(self, reply: Reply = "Blue [1].", model_id: str = "fake-gen",
+                 fail: bool = False) -> None:
+        self.reply = reply
+        self._id = model_id
+        self.fail = fail
+        self.calls: list[list[dict[str, str]]] = []
+        self.n_ctx = 2048
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def stream(self, messages: list[dict[str, str]], max_tokens: int) -> Iterator[str]:
+        self.calls.append(messages)
+        if self.fail:
+            raise RuntimeError("decode failed")
+        text = self.reply(messages) if callable(self.reply) else self.reply
+        for word in text.split(" ")[:max_tokens]:
+            yield word + " "

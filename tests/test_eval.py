@@ -38,7 +38,7 @@ from appliance.evaluate.runner import (
 )
 from appliance.evaluate.squad import Article, Paragraph, Question, answer_in_text
 from appliance.pipeline import AnswerSettings, Pipeline
-from tests.fakes import HashEmbedder
+from tests.fakes import FakeGenerator, HashEmbedder
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "eval" / "pydoc-eval.jsonl"
@@ -388,34 +388,17 @@ def test_bar_chart_handles_missing_values() -> None:
 # -- the runner, with fakes ----------------------------------------------------------------------
 
 
-class FakeGenerator:
+def _eval_reply(messages: list[dict[str, str]]) -> str:
     """Without sources it guesses; with sources it answers from them with a citation."""
-
-    def __init__(self, model_id: str) -> None:
-        self._id = model_id
-        self.calls = 0
-        self.n_ctx = 2048
-
-    @property
-    def id(self) -> str:
-        return self._id
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def stream(self, messages: list[dict[str, str]], max_tokens: int) -> Iterator[str]:
-        self.calls += 1
-        prompt = messages[-1]["content"]
-        question = prompt.split("Question:")[-1].lower()
-        if "<source" not in prompt:
-            reply = "I am not sure, maybe hourly."
-        elif "moon" in question:
-            reply = "I could not find this in the documents."
-        elif "ferry" in question:
-            reply = "The ferry leaves every 40 minutes [1]."
-        else:
-            reply = "The library opens at 9 in the morning [1]."
-        yield from (w + " " for w in reply.split(" "))
+    prompt = messages[-1]["content"]
+    question = prompt.split("Question:")[-1].lower()
+    if "<source" not in prompt:
+        return "I am not sure, maybe hourly."
+    if "moon" in question:
+        return "I could not find this in the documents."
+    if "ferry" in question:
+        return "The ferry leaves every 40 minutes [1]."
+    return "The library opens at 9 in the morning [1]."
 
 
 @pytest.fixture
@@ -456,7 +439,7 @@ def test_run_eval_all_modes_resumes_and_refuses_mixing(fake_app: Appliance,
     gens: dict[str, FakeGenerator] = {}
 
     def loader(model_id: str) -> FakeGenerator:
-        return gens.setdefault(model_id, FakeGenerator(model_id))
+        return gens.setdefault(model_id, FakeGenerator(_eval_reply, model_id))
 
     pipe = Pipeline(fake_app, config=LOOSE, loader=loader)  # type: ignore[arg-type]
     data = load_eval_set(eval_set(tmp_path))
@@ -480,7 +463,7 @@ def test_run_eval_all_modes_resumes_and_refuses_mixing(fake_app: Appliance,
     assert report["decision"]["verdict"] in ("rag", "hybrid")
     ctx = json.loads((out / "answers-rag.jsonl").read_text().splitlines()[0])["context"]
     assert any("40 minutes" in t for t in ctx.values())
-    assert list(gens) == [SMOL] and gens[SMOL].calls > 0  # one model serves all four modes
+    assert list(gens) == [SMOL] and len(gens[SMOL].calls) > 0  # one model serves all four modes
 
     # a killed run: the last record of rag is lost (and the line torn); a rerun redoes only it
     journal = out / "answers-rag.jsonl"
@@ -501,7 +484,7 @@ def test_run_eval_all_modes_resumes_and_refuses_mixing(fake_app: Appliance,
 
 def test_run_eval_base_only_without_kb(fake_app: Appliance, tmp_path: Path) -> None:
     pipe = Pipeline(fake_app, config=LOOSE,
-                    loader=lambda i: FakeGenerator(i))  # type: ignore[arg-type,return-value]
+                    loader=lambda i: FakeGenerator(_eval_reply, i))  # type: ignore[arg-type,return-value]
     data = load_eval_set(eval_set(tmp_path))
     report = run_eval(pipe, data, tmp_path / "r", modes=["base"], kb="missing", model=SMOL)
     assert report["retrieval"] is None and "Retrieval metrics skipped" in report["notes"][0]

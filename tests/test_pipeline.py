@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,38 +15,12 @@ from appliance.generate import ABSTAIN_SENTENCE, generator_id
 from appliance.pipeline import AnswerSettings, Pipeline, answer, retrieval_abstains
 from appliance.retrieve import SearchResult
 from appliance.types import Generator, Hit
+from tests.fakes import FakeGenerator
 
 ANSWER_KEYS = {"id", "question", "answer", "abstained", "citations", "closest", "mode", "model",
                "timings_ms", "tokens", "tokens_per_s", "flags"}
 TIMING_KEYS = {"embed", "search", "prompt", "generate", "total"}
 CONFIG = AnswerSettings(k=5, abstain_min_vector=0.3, abstain_min_keyword=8.0, closest=2)
-
-
-class FakeGenerator:
-    """Deterministic: replies with ``reply(messages)`` in word-sized pieces."""
-
-    def __init__(self, reply: str | Callable[[list[dict[str, str]]], str] = "Blue [1].",
-                 model_id: str = "fake-gen", fail: bool = False) -> None:
-        self._reply = reply
-        self._id = model_id
-        self.fail = fail
-        self.calls: list[list[dict[str, str]]] = []
-        self.n_ctx = 2048
-
-    @property
-    def id(self) -> str:
-        return self._id
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def stream(self, messages: list[dict[str, str]], max_tokens: int) -> Iterator[str]:
-        self.calls.append(messages)
-        if self.fail:
-            raise RuntimeError("decode failed")
-        text = self._reply(messages) if callable(self._reply) else self._reply
-        for word in text.split(" ")[:max_tokens]:
-            yield word + " "
 
 
 class FakeSearcher:

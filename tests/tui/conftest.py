@@ -16,6 +16,7 @@ from appliance.config import load_settings
 from appliance.pipeline import Pipeline
 from appliance.tui import ApplianceTUI, create_app
 from appliance.types import Answer
+from tests.fakes import FakeGenerator
 
 CORPUS = {
     "docs/tea.md": (
@@ -42,28 +43,6 @@ REPLY = "Brew green tea with water at **80 degrees Celsius** for two minutes [1]
 SMALL_MODEL = "smollm2-135m-instruct-q4_1"
 
 
-class FakeGenerator:
-    """Deterministic generator: the same reply to every prompt, streamed word by word."""
-
-    def __init__(self, model_id: str, reply: str = REPLY) -> None:
-        self._id = model_id
-        self.reply = reply
-        self.n_ctx = 2048
-        self.calls = 0
-
-    @property
-    def id(self) -> str:
-        return self._id
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def stream(self, messages: list[dict[str, str]], max_tokens: int) -> Iterator[str]:
-        self.calls += 1
-        for word in self.reply.split(" ")[:max_tokens]:
-            yield word + " "
-
-
 class StablePipeline(Pipeline):
     """The real pipeline with the record's timings fixed, so snapshots do not vary."""
 
@@ -85,7 +64,7 @@ class Env:
 
     def app(self, reply: str = REPLY, **kwargs: Any) -> ApplianceTUI:
         """The app over this environment, answering with the fake generator."""
-        pipeline = StablePipeline(self.appliance, loader=lambda mid: FakeGenerator(mid, reply))
+        pipeline = StablePipeline(self.appliance, loader=lambda mid: FakeGenerator(reply, mid))
         return create_app(self.appliance, pipeline=pipeline, **kwargs)
 
 

@@ -300,7 +300,7 @@ class SlowGenerator(FakeGenerator):
 
 async def test_escape_stops_the_answer(env: Env) -> None:
     reply = " ".join(["word"] * 200)
-    pipeline = StablePipeline(env.appliance, loader=lambda mid: SlowGenerator(mid, reply))
+    pipeline = StablePipeline(env.appliance, loader=lambda mid: SlowGenerator(reply, mid))
     from appliance.tui import create_app
 
     app = create_app(env.appliance, pipeline=pipeline)
