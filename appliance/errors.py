@@ -7,19 +7,30 @@ what happened and what to do). The CLI prints the message and exits with ``exit_
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ApplianceError",
+    "BundleError",
     "ConfigError",
+    "DoctorError",
     "DocumentError",
     "EmbedderMismatchError",
+    "ExportError",
     "InputError",
     "KnowledgeBaseError",
     "KnowledgeBaseNotFoundError",
     "ModelError",
+    "ModelExistsError",
     "ModelHashError",
     "ModelNotFoundError",
     "NothingIngestedError",
+    "ParityError",
     "StoreBusyError",
+    "TrainConfigError",
+    "TrainDependencyError",
+    "TrainingDataError",
+    "TrainingError",
 ]
 
 
@@ -106,3 +117,74 @@ class ModelHashError(ModelError):
     """A model file's sha256 does not match the manifest."""
 
     title = "Model hash mismatch"
+
+
+# -- fine-tuning (appliance.train) ---------------------------------------------------------------
+
+
+class TrainingDataError(InputError):
+    """The chat JSONL has problems; ``report`` lists them with line numbers."""
+
+    title = "Bad training data"
+
+    def __init__(self, message: str, report: Any = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class TrainConfigError(InputError):
+    """A training option is out of range or the saved configuration is unreadable."""
+
+    title = "Bad training option"
+
+
+class ModelExistsError(InputError):
+    """The model id to register is taken (use --force to replace a user model)."""
+
+    title = "Model id taken"
+
+
+class TrainingError(ApplianceError):
+    """Training, merging or exporting failed."""
+
+    title = "Training failed"
+    exit_code = 6
+
+
+class TrainDependencyError(TrainingError):
+    """torch, transformers or peft (the ``[train]`` extra) is not installed."""
+
+    title = "Training packages missing"
+
+
+class ExportError(TrainingError):
+    """The merged model could not be converted to GGUF or quantized."""
+
+    title = "Export failed"
+
+
+class ParityError(ModelError):
+    """The GGUF does not behave like the merged model it was made from."""
+
+    title = "Parity check failed"
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+# -- bundles (appliance.bundle) ------------------------------------------------------------------
+
+
+class BundleError(ApplianceError):
+    """A bundle cannot be built, is not intact, or is not signed as required."""
+
+    title = "Bundle error"
+    exit_code = 6
+
+
+class DoctorError(ApplianceError):
+    """One or more checks of ``appliance doctor`` failed."""
+
+    title = "Doctor"
+    exit_code = 7

@@ -1,21 +1,5 @@
-"""Errors of the bundle commands."""
+"""Errors of the bundle commands (defined in :mod:`appliance.errors`, the one tree)."""
 
-from __future__ import annotations
-
-from appliance.errors import ApplianceError
+from appliance.errors import BundleError, DoctorError
 
 __all__ = ["BundleError", "DoctorError"]
-
-
-class BundleError(ApplianceError):
-    """A bundle cannot be built, is not intact, or is not signed as required."""
-
-    title = "Bundle error"
-    exit_code = 6
-
-
-class DoctorError(ApplianceError):
-    """One or more checks of ``appliance doctor`` failed."""
-
-    title = "Doctor"
-    exit_code = 7
