@@ -277,6 +277,19 @@ def _finish(
         record.flags.append("no_citation")
 
 
+class _Recording:
+    """A searcher that keeps the hits of its last search."""
+
+    def __init__(self, inner: Searcher) -> None:
+        self.inner = inner
+        self.hits: list[Hit] | None = None
+
+    def search(self, query: str, *, k: int | None = None) -> SearchResult:
+        result = self.inner.search(query, k=k)
+        self.hits = list(result.hits)
+        return result
+
+
 class Pipeline:
     """Loaded models and open knowledge bases for many questions (one load each).
 
@@ -298,6 +311,9 @@ class Pipeline:
         self._generators: dict[str, Generator] = {}
         self.loads = 0
         """How many models this pipeline has loaded (one per distinct model id)."""
+        self.last_hits: list[Hit] | None = None
+        """Every hit retrieved for the last question, in rank order (source ``n`` is
+        ``last_hits[n - 1]``), with per-channel scores; None after a mode without retrieval."""
 
     @property
     def default_mode(self) -> str:
@@ -338,11 +354,15 @@ class Pipeline:
         if mode not in MODES:
             raise InputError(f"Unknown mode '{mode}'; use one of {', '.join(MODES)}.")
         generator = self.generator(mode, model)
-        retriever = self.app.retriever(kb) if mode in RETRIEVAL_MODES else None
-        return answer(
+        self.last_hits = None
+        retriever = _Recording(self.app.retriever(kb)) if mode in RETRIEVAL_MODES else None
+        record = answer(
             question, generator=generator, settings=self.app.settings, retriever=retriever,
             mode=mode, id=id, on_token=on_token, config=self.config,
         )
+        if retriever is not None:
+            self.last_hits = retriever.hits
+        return record
 
     def close(self) -> None:
         """Free the loaded models."""

@@ -260,6 +260,10 @@ def test_pipeline_loads_each_model_once(settings: Settings) -> None:
     assert loaded == ["big", "small"] and pipe.loads == 2
     assert [r.model for r in records] == ["big", "big", "big", "small"]
     assert app.opened[0] == "docs"
+    assert pipe.last_hits is not None and [h.chunk_id for h in pipe.last_hits] == [1]
+    assert pipe.last_hits[0].scores  # per-channel evidence for the sources panel
+    pipe.ask("q?", mode="base")
+    assert pipe.last_hits is None
     with pytest.raises(ModelNotFoundError, match="fine-tuned"):
         pipe.ask("q?", mode="hybrid")
 

@@ -63,8 +63,12 @@ class Env:
     appliance: Appliance
 
     def app(self, reply: str = REPLY, **kwargs: Any) -> ApplianceTUI:
-        """The app over this environment, answering with the fake generator."""
+        """The app over this environment, answering with the fake generator.
+
+        The mode is ``rag`` unless given: the default mode depends on whether setup has
+        built the packaged fine-tuned model, and snapshots must not."""
         pipeline = StablePipeline(self.appliance, loader=lambda mid: FakeGenerator(reply, mid))
+        kwargs.setdefault("mode", "rag")
         return create_app(self.appliance, pipeline=pipeline, **kwargs)
 
 

@@ -303,7 +303,7 @@ async def test_escape_stops_the_answer(env: Env) -> None:
     pipeline = StablePipeline(env.appliance, loader=lambda mid: SlowGenerator(reply, mid))
     from appliance.tui import create_app
 
-    app = create_app(env.appliance, pipeline=pipeline)
+    app = create_app(env.appliance, pipeline=pipeline, mode="rag")
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
         box = app.main.query_one(QuestionInput)

@@ -30,7 +30,7 @@ async def test_real_models_answer_stream_and_feedback_export(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("APPLIANCE_GENERATE__MAX_TOKENS", "64")  # a short answer is enough
     appliance = Appliance(load_settings(home=tmp_path / "home"))
-    app = create_app(appliance, model=SMALL_MODEL)  # the default loader: real llama.cpp
+    app = create_app(appliance, model=SMALL_MODEL, mode="rag")  # real llama.cpp
     streamed: list[str] = []
     async with app.run_test(size=(100, 30)) as pilot:
         # Ingest from the screen into a new knowledge base, then ask it.
