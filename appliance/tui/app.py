@@ -96,7 +96,10 @@ class MainScreen(Screen[None]):
             with Vertical(id="chat-column"):
                 with VerticalScroll(id="chat"):
                     yield Static(Text(WELCOME), id="welcome")
-                yield QuestionInput(placeholder="Ask a question…  (Enter to ask, ↑↓ history)",
+                app = self.app
+                home = app.appliance.settings.home if isinstance(app, ApplianceTUI) else None
+                yield QuestionInput(history_file=home / "tui" / "history.jsonl" if home else None,
+                                    placeholder="Ask a question…  (Enter to ask, ↑↓ history)",
                                     id="question")
             yield SourcesPanel(id="sources")
         yield StatusBar(id="status")

@@ -3,9 +3,11 @@ status bar."""
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from rich.text import Text
@@ -36,23 +38,55 @@ __all__ = [
 
 
 class QuestionInput(Input):
-    """The question box: Enter asks, Up and Down walk through earlier questions."""
+    """The question box: Enter asks, Up and Down walk through earlier questions.
+
+    With ``history_file`` the history outlives the session: earlier questions are read
+    from it (the newest ``HISTORY_LIMIT``) and each new one is appended (JSON lines).
+    """
+
+    HISTORY_LIMIT = 500
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("up", "history(-1)", "Previous question", show=False),
         Binding("down", "history(1)", "Next question", show=False),
     ]
 
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, history_file: Path | None = None, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.history: list[str] = []
-        self._pos = 0
+        self.history_file = history_file
+        self.history: list[str] = self._load(history_file)
+        self._pos = len(self.history)
         self._draft = ""
+
+    @classmethod
+    def _load(cls, path: Path | None) -> list[str]:
+        if path is None:
+            return []
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()[-cls.HISTORY_LIMIT:]
+        except (OSError, UnicodeDecodeError):
+            return []  # no history yet, or an unreadable one: start empty
+        out: list[str] = []
+        for line in lines:
+            try:
+                question = json.loads(line).get("question")
+            except (ValueError, AttributeError):
+                continue  # a torn last line after a crash
+            if isinstance(question, str) and question and (not out or out[-1] != question):
+                out.append(question)
+        return out
 
     def remember(self, question: str) -> None:
         """Add a question to the history (consecutive repeats are kept once)."""
         if not self.history or self.history[-1] != question:
             self.history.append(question)
+            if self.history_file is not None:
+                try:
+                    self.history_file.parent.mkdir(parents=True, exist_ok=True)
+                    with self.history_file.open("a", encoding="utf-8") as fh:
+                        fh.write(json.dumps({"question": question}, ensure_ascii=False) + "\n")
+                except OSError:
+                    pass  # a read-only data directory: the session keeps its history
         self._pos = len(self.history)
         self._draft = ""
 

@@ -113,6 +113,18 @@ async def test_history_up_and_down(env: Env) -> None:
         await pilot.press("down", "down")
         assert box.value == "draft"
 
+    # The history outlives the session (a torn last line from a crash is skipped).
+    history = env.home / "tui" / "history.jsonl"
+    with history.open("a", encoding="utf-8") as fh:
+        fh.write('{"question": "torn')
+    again = env.app()
+    async with again.run_test(size=(100, 30)) as pilot:
+        box = again.main.query_one(QuestionInput)
+        assert box.history == ["first question about tea", "second question about coffee"]
+        box.focus()
+        await pilot.press("up")
+        assert box.value == "second question about coffee"
+
 
 async def test_ingest_a_folder_from_the_screen_while_chat_stays_usable(
     env: Env, tmp_path: Path,
