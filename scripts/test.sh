@@ -34,7 +34,7 @@ run() {
 }
 run .venv/bin/ruff check appliance tests scripts
 run .venv/bin/mypy
-run .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+run .venv/bin/python -m pytest -q -rs -p no:cacheprovider "$@"
 if [[ $status -ne 0 ]]; then
     echo "test: FAILED (see above)" >&2
 fi
