@@ -178,7 +178,7 @@ def _write_manifest(path: Path, entries: list[dict[str, Any]]) -> None:
 
     header = ("# Written by `appliance models build` (scripts/setup.sh): packaged models built\n"
               "# on this machine from models/adapters. Do not edit; rerun setup instead.\n")
-    text = header + dump_manifest({"schema": 1, "model": entries})
+    text = dump_manifest({"schema": 1, "model": entries}, header)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

@@ -104,13 +104,14 @@ def _drop_none(value: Any) -> Any:
     return value
 
 
-def dump_manifest(doc: dict[str, Any]) -> str:
-    """TOML text of a manifest: top-level scalars, then one ``[[model]]`` per entry.
+def dump_manifest(doc: dict[str, Any], header: str = HEADER) -> str:
+    """TOML text of a manifest: ``header`` (comment lines), top-level scalars, then one
+    ``[[model]]`` per entry.
 
     Raises ConfigError unless the text parses back to ``doc`` (``None`` values dropped).
     """
     clean = _drop_none(doc)
-    lines = [HEADER.rstrip("\n")]
+    lines = [header.rstrip("\n")]
     for key, value in clean.items():
         if key != "model" and not isinstance(value, dict):
             lines.append(f"{_key(key)} = {_value(value)}")
