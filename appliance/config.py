@@ -140,6 +140,12 @@ class AnswerSettings(_Section):
     complete_citations: bool = Field(
         True, description="When an answer cites nothing, let the model pick its source [n]."
     )
+    abstain_margin: float | None = Field(
+        None, description="Nats by which the model's first token must prefer the abstention "
+        "sentence over its best answer token for it to abstain (greedy decoding with the "
+        "abstention's first token lowered by this much). None: the answering model's own "
+        "calibrated value from the registry (0 when it has none).",
+    )
 
 
 class GenerateSettings(_Section):

@@ -18,6 +18,7 @@ Either way the record's ``answer`` is :data:`ABSTAIN_SENTENCE`, ``citations`` is
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -69,8 +70,8 @@ __all__ = [
 class AnswerSettings:
     """How answers are assembled; the defaults are calibrated.
 
-    Until ``config.py`` gains an ``answer`` section with these field names, these defaults
-    serve (:func:`answer_settings` reads ``settings.answer`` when it exists).
+    :func:`answer_settings` reads them from the settings' ``answer`` section (the same
+    field names, documented in ``appliance/config.py``).
     """
 
     k: int = 3
@@ -90,6 +91,10 @@ class AnswerSettings:
     """When a grounded answer ends without a valid [n], let the model pick the source it
     cites by constrained decoding of one token after " [" (flagged ``citation:completed``).
     Small models often answer correctly but forget the marker."""
+    abstain_margin: float | None = None
+    """Nats by which the model's first token must prefer the abstention sentence for it to
+    abstain (its first token's logit is lowered by this much). None: the answering model's
+    calibrated value from its registry entry (``abstain_margin``; 0 when it has none)."""
 
 
 def answer_settings(settings: Settings) -> AnswerSettings:
@@ -215,7 +220,9 @@ def answer(
     timings["prompt"] = _ms(t2 - t1)
 
     pieces: list[str] = []
-    for piece in generator.stream(prompt.messages, max_tokens):
+    bias = {ABSTAIN_SENTENCE: -config.abstain_margin} if config.abstain_margin else None
+    for piece in (generator.stream(prompt.messages, max_tokens, first_token_bias=bias) if bias
+                  else generator.stream(prompt.messages, max_tokens)):
         pieces.append(piece)
         if on_token is not None:
             on_token(piece)
@@ -324,6 +331,14 @@ class Pipeline:
         """The registry id that answers in ``mode`` (``model`` when given)."""
         return generator_id(self.app.registry, self.app.settings, mode, model)
 
+    def model_margin(self, model_id: str) -> float:
+        """The abstention margin calibrated for ``model_id`` (its registry entry's
+        ``abstain_margin``; 0 for a model without one)."""
+        if model_id not in self.app.registry:
+            return 0.0
+        value = self.app.registry.get(model_id).extra.get("abstain_margin", 0.0)
+        return float(value) if isinstance(value, (int, float)) else 0.0
+
     def generator(self, mode: str = "rag", model: str | None = None) -> Generator:
         """The generator for ``mode``/``model``, loaded on first use and kept."""
         model_id = self.model_id(mode, model)
@@ -354,11 +369,14 @@ class Pipeline:
         if mode not in MODES:
             raise InputError(f"Unknown mode '{mode}'; use one of {', '.join(MODES)}.")
         generator = self.generator(mode, model)
+        config = self.config
+        if config.abstain_margin is None:
+            config = dataclasses.replace(config, abstain_margin=self.model_margin(generator.id))
         self.last_hits = None
         retriever = _Recording(self.app.retriever(kb)) if mode in RETRIEVAL_MODES else None
         record = answer(
             question, generator=generator, settings=self.app.settings, retriever=retriever,
-            mode=mode, id=id, on_token=on_token, config=self.config,
+            mode=mode, id=id, on_token=on_token, config=config,
         )
         if retriever is not None:
             self.last_hits = retriever.hits

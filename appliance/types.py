@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -200,6 +200,13 @@ class Generator(Protocol):
         """Tokens ``text`` takes for this model."""
         ...
 
-    def stream(self, messages: list[dict[str, str]], max_tokens: int) -> Iterator[str]:
-        """Yield the completion's text pieces for a chat ``messages`` list."""
+    def stream(
+        self, messages: list[dict[str, str]], max_tokens: int,
+        first_token_bias: Mapping[str, float] | None = None,
+    ) -> Iterator[str]:
+        """Yield the completion's text pieces for a chat ``messages`` list.
+
+        ``first_token_bias`` maps a text to a number added to the logit of its first token
+        at the first generated position only (a calibrated nudge, e.g. against abstaining).
+        """
         ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -70,6 +70,7 @@ class FakeGenerator:
         self._id = model_id
         self.fail = fail
         self.calls: list[list[dict[str, str]]] = []
+        self.biases: list[dict[str, float]] = []
         self.n_ctx = 2048
 
     @property
@@ -79,8 +80,10 @@ class FakeGenerator:
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
-    def stream(self, messages: list[dict[str, str]], max_tokens: int) -> Iterator[str]:
+    def stream(self, messages: list[dict[str, str]], max_tokens: int,
+               first_token_bias: Mapping[str, float] | None = None) -> Iterator[str]:
         self.calls.append(messages)
+        self.biases.append(dict(first_token_bias or {}))
         if self.fail:
             raise RuntimeError("decode failed")
         text = self.reply(messages) if callable(self.reply) else self.reply

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -239,7 +240,8 @@ def _registry(*entries: dict[str, Any]) -> Any:
     return Registry([
         ModelEntry(id=e["id"], role=e.get("role", "generator"), format="gguf",
                    path=Path("/nonexistent") / e["id"], sha256="0" * 64, origin="packaged",
-                   default=e.get("default", False), lineage=e.get("lineage"))
+                   default=e.get("default", False), lineage=e.get("lineage"),
+                   extra=e.get("extra", {}))
         for e in entries
     ])
 
@@ -280,6 +282,30 @@ def test_fine_tuned_modes_pick_the_fine_tuned_model(settings: Settings) -> None:
     assert pipe.default_mode == "hybrid"  # a packaged fine-tuned model has shipped
     rec = pipe.ask("q?")
     assert rec.mode == "hybrid" and rec.model == "tuned" and rec.citations
+
+
+def test_the_models_calibrated_abstention_margin_nudges_its_first_token(
+    settings: Settings,
+) -> None:
+    registry = _registry({"id": "base-gen", "default": True},
+                         {"id": "tuned", "lineage": {"base": "base-gen"},
+                          "extra": {"abstain_margin": 2.5}})
+    gens: dict[str, FakeGenerator] = {}
+
+    def loader(i: str) -> FakeGenerator:
+        return gens.setdefault(i, FakeGenerator("ok [1]", model_id=i))
+
+    pipe = Pipeline(FakeApp(settings, registry, FakeSearcher([hit(1)])),  # type: ignore[arg-type]
+                    config=CONFIG, loader=loader)
+    pipe.ask("q?", mode="hybrid")
+    pipe.ask("q?", mode="rag")
+    assert gens["tuned"].biases == [{ABSTAIN_SENTENCE: -2.5}]
+    assert gens["base-gen"].biases == [{}]  # a model without a calibrated margin: untouched
+    assert pipe.model_margin("tuned") == 2.5 and pipe.model_margin("nope") == 0.0
+    fixed = Pipeline(FakeApp(settings, registry, FakeSearcher([hit(1)])),  # type: ignore[arg-type]
+                     config=dataclasses.replace(CONFIG, abstain_margin=0.0), loader=loader)
+    fixed.ask("q?", mode="hybrid")
+    assert gens["tuned"].biases[-1] == {}  # the setting overrides the registry
 
 
 # -- the real models ---------------------------------------------------------------------------

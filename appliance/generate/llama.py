@@ -14,7 +14,7 @@ from __future__ import annotations
 import codecs
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -143,10 +143,15 @@ class LlamaGenerator:
             )
         )
 
-    def stream(self, messages: list[dict[str, str]], max_tokens: int) -> Iterator[str]:
+    def stream(
+        self, messages: list[dict[str, str]], max_tokens: int,
+        first_token_bias: Mapping[str, float] | None = None,
+    ) -> Iterator[str]:
         """Yield the answer's text pieces, greedy (or seeded) until end-of-sequence.
 
-        Raises InputError when the prompt leaves no room in the context window.
+        ``first_token_bias`` (text -> logit offset) applies to the first token of each text,
+        at the first generated position only. Raises InputError when the prompt leaves no
+        room in the context window.
         """
         import llama_cpp
 
@@ -176,6 +181,7 @@ class LlamaGenerator:
                 top_p=TOP_P,
                 min_p=MIN_P,
                 repeat_penalty=REPEAT_PENALTY,
+                logits_processor=self._first_token_processor(first_token_bias, len(tokens)),
             )
             try:
                 for token in gen:
@@ -207,6 +213,29 @@ class LlamaGenerator:
                     stats.first_token_s = t_first - t0
                     stats.generate_s = t_last - t_first
                 stats.total_s = time.perf_counter() - t0
+
+    def _first_token_processor(self, bias: Mapping[str, float] | None, prompt_len: int
+                               ) -> Any:
+        """A llama.cpp logits processor adding ``bias`` at the first generated position."""
+        if not bias:
+            return None
+        import llama_cpp
+
+        offsets: dict[int, float] = {}
+        for text, value in bias.items():
+            ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+            if ids and value:
+                offsets[ids[0]] = offsets.get(ids[0], 0.0) + float(value)
+        if not offsets:
+            return None
+
+        def process(input_ids: Any, scores: Any) -> Any:
+            if len(input_ids) == prompt_len:
+                for token, value in offsets.items():
+                    scores[token] += value
+            return scores
+
+        return llama_cpp.LogitsProcessorList([process])
 
     def complete_citation(self, n_sources: int, opener: str = " [") -> int | None:
         """The source number the model cites after the text of the last :meth:`stream`.

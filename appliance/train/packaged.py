@@ -4,8 +4,9 @@ A LoRA adapter that the project trained lives in git under ``models/adapters/<id
 small; the merged model is not): the peft files (``adapter_config.json``,
 ``adapter_model.safetensors``), ``train_config.json``, ``metrics.json``, ``parity.jsonl``
 (held-out conversations for the parity check) and ``lineage.json``, which names the base
-model (registry id and sha256), the GGUF type, the sha256 of every file above, the data
-and the command that reproduces the adapter.
+model (registry id and sha256), the GGUF type, the sha256 of every file above, the data,
+the command that reproduces the adapter and its ``calibration`` (``abstain_margin``, the
+answer pipeline's abstention margin for this model, chosen on the development split).
 
 :func:`build_packaged` (``appliance models build``, run by ``scripts/setup.sh``) merges each
 adapter into its base, converts and quantizes the result with the pinned llama.cpp and runs
@@ -198,6 +199,9 @@ def _entry(adapter: PackagedAdapter, gguf: Path, sha: str, parity: dict[str, Any
     }
     if "n_ctx_train" in base.extra:
         entry["n_ctx_train"] = base.extra["n_ctx_train"]
+    margin = lin.get("calibration", {}).get("abstain_margin")
+    if isinstance(margin, (int, float)):
+        entry["abstain_margin"] = float(margin)
     return entry
 
 

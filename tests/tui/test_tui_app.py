@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from textual.widgets import Button, DataTable, Input, Markdown, OptionList, Static, TextArea
@@ -304,8 +305,9 @@ async def test_help_and_narrow_terminal(env: Env) -> None:
 
 
 class SlowGenerator(FakeGenerator):
-    def stream(self, messages: list[dict[str, str]], max_tokens: int) -> Iterator[str]:
-        for piece in super().stream(messages, max_tokens):
+    def stream(self, messages: list[dict[str, str]], max_tokens: int,
+               first_token_bias: Any = None) -> Iterator[str]:
+        for piece in super().stream(messages, max_tokens, first_token_bias):
             time.sleep(0.05)
             yield piece
 
