@@ -62,3 +62,13 @@ def run_cli(*args: str, home: Path, check: bool = False, timeout: float = 600,
     if check and proc.returncode != 0:
         raise AssertionError(f"appliance {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def packaged_without_built_models(folder: Path) -> Path:
+    """The packaged model folder as it is before setup builds the fine-tuned models
+    (symlinks to the real files): for tests of what happens with no fine-tuned model."""
+    folder.mkdir(parents=True)
+    for item in (REPO / "models").iterdir():
+        if item.name not in ("built.toml", "adapters"):
+            (folder / item.name).symlink_to(item)
+    return folder

@@ -17,7 +17,7 @@ import pytest
 from appliance.config import load_settings
 from appliance.generate import is_fine_tuned
 from appliance.models import Registry
-from tests.conftest import REPO, run_cli
+from tests.conftest import packaged_without_built_models, run_cli
 from tests.test_eval import EXAMPLE, SMOL, beir_fixture, squad_fixture
 
 pytestmark = pytest.mark.integration
@@ -163,19 +163,10 @@ def test_eval_takes_squad_json_and_ingests_the_chosen_articles(tmp_path: Path) -
     assert report["retrieval"]["questions"] >= 1  # the knowledge base was searched
 
 
-def _packaged_without_built_models(folder: Path) -> Path:
-    """The packaged model folder as it is before setup builds the fine-tuned models."""
-    folder.mkdir()
-    for item in (REPO / "models").iterdir():
-        if item.name not in ("built.toml", "adapters"):
-            (folder / item.name).symlink_to(item)
-    return folder
-
-
 def test_fine_tuned_modes_without_a_fine_tuned_model(tiny: dict[str, Path], tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APPLIANCE_MODELS_DIR",
-                       str(_packaged_without_built_models(tmp_path / "models")))
+                       str(packaged_without_built_models(tmp_path / "models")))
     settings = load_settings(home=tiny["home"])
     assert not any(is_fine_tuned(e) for e in Registry.load(settings))
     proc = run_cli("eval", str(tiny["set"]), "--kb", "tiny", "--modes", "rag,ft",

@@ -16,6 +16,7 @@ from appliance.config import load_settings
 from appliance.pipeline import Pipeline
 from appliance.tui import ApplianceTUI, create_app
 from appliance.types import Answer
+from tests.conftest import packaged_without_built_models
 from tests.fakes import FakeGenerator
 
 CORPUS = {
@@ -94,6 +95,9 @@ def env(tui_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
     home = tmp_path / "home"
     shutil.copytree(tui_base / "home", home, dirs_exist_ok=True)
     monkeypatch.setenv("APPLIANCE_HOME", str(home))
+    # No fine-tuned model, whether or not setup built one: the tests register their own.
+    monkeypatch.setenv("APPLIANCE_MODELS_DIR",
+                       str(packaged_without_built_models(tmp_path / "models")))
     monkeypatch.chdir(tui_base / "work")
     appliance = Appliance(load_settings(home=home))
     yield Env(home=home, work=tui_base / "work", appliance=appliance)
