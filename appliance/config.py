@@ -130,11 +130,11 @@ class AnswerSettings(_Section):
 
     k: int = Field(3, ge=1, le=20, description="Sources retrieved for the prompt.")
     abstain_min_vector: float = Field(
-        0.35, description="Abstain without calling the model when the best hit's cosine is "
+        0.31, description="Abstain without calling the model when the best hit's cosine is "
         "below this and its bm25 is below abstain_min_keyword.",
     )
     abstain_min_keyword: float = Field(
-        10.0, description="bm25 relevance that counts as keyword evidence on its own."
+        8.0, description="bm25 relevance that counts as keyword evidence on its own."
     )
     closest: int = Field(3, ge=0, le=20, description="Sources listed when abstaining.")
     complete_citations: bool = Field(

@@ -78,11 +78,11 @@ class AnswerSettings:
     """Sources retrieved for the prompt (before fitting the token budget). On the SQuAD dev
     split the answer is in the top 3 for 94.6% of answerable questions (96.9% in the top
     5); fewer sources halve the prompt evaluation and distract small models less."""
-    abstain_min_vector: float = 0.35
+    abstain_min_vector: float = 0.31
     """Abstain without calling the model when the best hit's cosine similarity is below
     this *and* its bm25 relevance is below ``abstain_min_keyword``. Calibrated with
     scripts/calibrate_abstention.py on the SQuAD dev split (all-MiniLM-L6-v2 int8)."""
-    abstain_min_keyword: float = 10.0
+    abstain_min_keyword: float = 8.0
     """See ``abstain_min_vector``: the bm25 relevance (FTS5 rank negated) that counts as
     keyword evidence on its own."""
     closest: int = 3

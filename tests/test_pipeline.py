@@ -332,7 +332,7 @@ def test_real_model_answers_with_record_fields(tmp_path: Path) -> None:
         t0 = time.perf_counter()
         streamed: list[str] = []
         first = pipe.ask("How often does the ferry to Kelby Island leave?", kb="tiny",
-                         model=SMOL, id="f1", on_token=streamed.append)
+                         mode="rag", model=SMOL, id="f1", on_token=streamed.append)
         data = first.to_json()
         assert set(data) == ANSWER_KEYS and set(data["timings_ms"]) == TIMING_KEYS
         assert data["id"] == "f1" and data["mode"] == "rag" and data["model"] == SMOL
@@ -345,8 +345,9 @@ def test_real_model_answers_with_record_fields(tmp_path: Path) -> None:
         assert data["tokens"]["prompt"] > 50 or first.abstained
         gen = pipe.generator("rag", SMOL)
         cached_before = gen.last_stats.cached_tokens  # type: ignore[attr-defined]
-        second = pipe.ask("When does the library open?", kb="tiny", model=SMOL)
-        off_topic = pipe.ask("What is the capital of Australia?", kb="tiny", model=SMOL)
+        second = pipe.ask("When does the library open?", kb="tiny", mode="rag", model=SMOL)
+        off_topic = pipe.ask("What is the capital of Australia?", kb="tiny", mode="rag",
+                             model=SMOL)
         assert pipe.loads == 1 and pipe.generator("rag", SMOL) is gen
         assert second.model == SMOL and off_topic.model == SMOL
         # the system prompt's KV cache is reused by the next question
@@ -354,6 +355,37 @@ def test_real_model_answers_with_record_fields(tmp_path: Path) -> None:
         assert off_topic.abstained and off_topic.answer == ABSTAIN_SENTENCE
         assert off_topic.citations == []
         assert time.perf_counter() - t0 < 60
+    finally:
+        pipe.close()
+        app.close()
+
+
+@pytest.mark.integration
+def test_default_hybrid_mode_uses_the_built_grounded_model(tmp_path: Path) -> None:
+    """Setup builds the committed grounded adapter: hybrid is the default mode, and the
+    fine-tuned model answers briefly with a citation and abstains off-topic."""
+    from appliance.api import Appliance
+    from appliance.generate import is_fine_tuned
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "ferries.md").write_text(
+        "# Ferries\n\nThe harbour ferry to Kelby Island leaves every 40 minutes from pier 7. "
+        "A single ticket costs 4 euros.\n", encoding="utf-8")
+    app = Appliance(load_settings(home=tmp_path / "home", generate={"max_tokens": 48}))
+    app.ingest([docs], kb="tiny")
+    pipe = Pipeline(app)
+    try:
+        tuned = [e for e in app.registry if is_fine_tuned(e) and e.origin == "packaged"]
+        assert tuned, "setup did not build models/adapters (run scripts/setup.sh)"
+        assert pipe.default_mode == "hybrid"
+        rec = pipe.ask("How much does a single ferry ticket cost?", kb="tiny")
+        assert rec.mode == "hybrid" and rec.model == tuned[0].id
+        assert not rec.abstained and "4 euros" in rec.answer, rec.answer
+        assert [c.n for c in rec.citations] == [1] and "citation:completed" not in rec.flags
+        assert rec.tokens["completion"] < 16  # the adapter answers with the span, not prose
+        off = pipe.ask("What is the capital of Australia?", kb="tiny")
+        assert off.abstained and off.citations == []
     finally:
         pipe.close()
         app.close()
