@@ -26,7 +26,10 @@ from appliance.evaluate.squad import (
     write_corpus,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared/data/squad2-dev-a/squad2-dev-a.json"
+_SQUAD = "shared/data/squad2-dev-a/squad2-dev-a.json"
+SHARED = next((p for p in (Path(__file__).resolve().parents[2] / _SQUAD, Path("/work") / _SQUAD)
+               if p.is_file()), Path("/work") / _SQUAD)
+"""The shared SQuAD file: beside the checkout, else where this machine keeps it."""
 
 
 def _squad_json(tmp_path: Path) -> Path:
