@@ -313,8 +313,8 @@ def test_the_models_calibrated_abstention_margin_nudges_its_first_token(
 SMOL = "smollm2-135m-instruct-q4_1"
 
 
-@pytest.mark.integration
-def test_real_model_answers_with_record_fields(tmp_path: Path) -> None:
+def _tiny_app(tmp_path: Path) -> Any:
+    """The real appliance with knowledge base 'tiny': a ferry and a library note."""
     from appliance.api import Appliance
 
     docs = tmp_path / "docs"
@@ -327,6 +327,12 @@ def test_real_model_answers_with_record_fields(tmp_path: Path) -> None:
         "evening, except on Sundays.\n", encoding="utf-8")
     app = Appliance(load_settings(home=tmp_path / "home", generate={"max_tokens": 48}))
     app.ingest([docs], kb="tiny")
+    return app
+
+
+@pytest.mark.integration
+def test_real_model_answers_with_record_fields(tmp_path: Path) -> None:
+    app = _tiny_app(tmp_path)
     pipe = Pipeline(app)
     try:
         t0 = time.perf_counter()
@@ -364,16 +370,9 @@ def test_real_model_answers_with_record_fields(tmp_path: Path) -> None:
 def test_default_hybrid_mode_uses_the_built_grounded_model(tmp_path: Path) -> None:
     """Setup builds the committed grounded adapter: hybrid is the default mode, and the
     fine-tuned model answers briefly with a citation and abstains off-topic."""
-    from appliance.api import Appliance
     from appliance.generate import is_fine_tuned
 
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "ferries.md").write_text(
-        "# Ferries\n\nThe harbour ferry to Kelby Island leaves every 40 minutes from pier 7. "
-        "A single ticket costs 4 euros.\n", encoding="utf-8")
-    app = Appliance(load_settings(home=tmp_path / "home", generate={"max_tokens": 48}))
-    app.ingest([docs], kb="tiny")
+    app = _tiny_app(tmp_path)
     pipe = Pipeline(app)
     try:
         tuned = [e for e in app.registry if is_fine_tuned(e) and e.origin == "packaged"]
