@@ -128,17 +128,21 @@ class RetrieveSettings(_Section):
 class AnswerSettings(_Section):
     """How answers are assembled (calibrated on the SQuAD dev split; see README)."""
 
-    k: int = Field(3, ge=1, le=20, description="Sources retrieved for the prompt.")
+    k: int = Field(3, ge=1, le=20, description="Sources retrieved for the prompt (the answer "
+                   "is in the top 3 for 94.6% of answerable SQuAD dev questions; fewer "
+                   "sources halve prompt evaluation and distract small models less).")
     abstain_min_vector: float = Field(
         0.31, description="Abstain without calling the model when the best hit's cosine is "
-        "below this and its bm25 is below abstain_min_keyword.",
+        "below this and its bm25 is below abstain_min_keyword (scripts/"
+        "calibrate_abstention.py on the SQuAD dev split).",
     )
     abstain_min_keyword: float = Field(
         8.0, description="bm25 relevance that counts as keyword evidence on its own."
     )
     closest: int = Field(3, ge=0, le=20, description="Sources listed when abstaining.")
     complete_citations: bool = Field(
-        True, description="When an answer cites nothing, let the model pick its source [n]."
+        True, description="When an answer cites nothing, let the model pick its source [n] "
+        "(one constrained token after ' ['; flagged citation:completed)."
     )
     abstain_margin: float | None = Field(
         None, description="Nats by which the model's first token must prefer the abstention "

@@ -18,14 +18,12 @@ Either way the record's ``answer`` is :data:`ABSTAIN_SENTENCE`, ``citations`` is
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from appliance.config import Settings
+from appliance.config import AnswerSettings, Settings
 from appliance.errors import InputError
 from appliance.generate import (
     ABSTAIN_SENTENCE,
@@ -66,49 +64,9 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class AnswerSettings:
-    """How answers are assembled; the defaults are calibrated.
-
-    :func:`answer_settings` reads them from the settings' ``answer`` section (the same
-    field names, documented in ``appliance/config.py``).
-    """
-
-    k: int = 3
-    """Sources retrieved for the prompt (before fitting the token budget). On the SQuAD dev
-    split the answer is in the top 3 for 94.6% of answerable questions (96.9% in the top
-    5); fewer sources halve the prompt evaluation and distract small models less."""
-    abstain_min_vector: float = 0.31
-    """Abstain without calling the model when the best hit's cosine similarity is below
-    this *and* its bm25 relevance is below ``abstain_min_keyword``. Calibrated with
-    scripts/calibrate_abstention.py on the SQuAD dev split (all-MiniLM-L6-v2 int8)."""
-    abstain_min_keyword: float = 8.0
-    """See ``abstain_min_vector``: the bm25 relevance (FTS5 rank negated) that counts as
-    keyword evidence on its own."""
-    closest: int = 3
-    """Sources listed in ``closest`` when abstaining."""
-    complete_citations: bool = True
-    """When a grounded answer ends without a valid [n], let the model pick the source it
-    cites by constrained decoding of one token after " [" (flagged ``citation:completed``).
-    Small models often answer correctly but forget the marker."""
-    abstain_margin: float | None = None
-    """Nats by which the model's first token must prefer the abstention sentence for it to
-    abstain (its first token's logit is lowered by this much). None: the answering model's
-    calibrated value from its registry entry (``abstain_margin``; 0 when it has none)."""
-
-
 def answer_settings(settings: Settings) -> AnswerSettings:
-    """``settings.answer`` when the settings have that section, else the defaults here."""
-    section: Any = getattr(settings, "answer", None)
-    if section is None:
-        return AnswerSettings()
-    if isinstance(section, AnswerSettings):
-        return section
-    defaults = AnswerSettings()
-    return AnswerSettings(**{
-        name: getattr(section, name, getattr(defaults, name))
-        for name in AnswerSettings.__dataclass_fields__
-    })
+    """The settings' ``answer`` section (:class:`appliance.config.AnswerSettings`)."""
+    return settings.answer
 
 
 class Searcher(Protocol):
@@ -371,7 +329,7 @@ class Pipeline:
         generator = self.generator(mode, model)
         config = self.config
         if config.abstain_margin is None:
-            config = dataclasses.replace(config, abstain_margin=self.model_margin(generator.id))
+            config = config.model_copy(update={"abstain_margin": self.model_margin(generator.id)})
         self.last_hits = None
         retriever = _Recording(self.app.retriever(kb)) if mode in RETRIEVAL_MODES else None
         record = answer(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from appliance.api import Appliance
-from appliance.config import load_settings
+from appliance.config import AnswerSettings, load_settings
 from appliance.errors import InputError, ModelNotFoundError
 from appliance.evaluate.metrics import (
     EvalItem,
@@ -37,7 +37,7 @@ from appliance.evaluate.runner import (
     select_articles,
 )
 from appliance.evaluate.squad import Article, Paragraph, Question, answer_in_text
-from appliance.pipeline import AnswerSettings, Pipeline
+from appliance.pipeline import Pipeline
 from tests.fakes import FakeGenerator, HashEmbedder
 
 REPO = Path(__file__).resolve().parent.parent

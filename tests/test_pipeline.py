@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -10,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from appliance.config import Settings, load_settings
+from appliance.config import AnswerSettings, Settings, load_settings
 from appliance.errors import InputError, ModelNotFoundError
 from appliance.generate import ABSTAIN_SENTENCE, generator_id
-from appliance.pipeline import AnswerSettings, Pipeline, answer, retrieval_abstains
+from appliance.pipeline import Pipeline, answer, retrieval_abstains
 from appliance.retrieve import SearchResult
 from appliance.types import Generator, Hit
 from tests.fakes import FakeGenerator
@@ -116,11 +115,9 @@ def test_citation_completion_only_when_needed(settings: Settings, reply: str) ->
 
 
 def test_citation_completion_can_be_turned_off(settings: Settings) -> None:
-    from dataclasses import replace
-
     gen = CitingGenerator("In 1066.")
     rec = answer("q?", generator=gen, settings=settings, retriever=FakeSearcher([hit(1)]),
-                 config=replace(CONFIG, complete_citations=False))
+                 config=CONFIG.model_copy(update={"complete_citations": False}))
     assert gen.asked == [] and "no_citation" in rec.flags
 
 
@@ -303,7 +300,7 @@ def test_the_models_calibrated_abstention_margin_nudges_its_first_token(
     assert gens["base-gen"].biases == [{}]  # a model without a calibrated margin: untouched
     assert pipe.model_margin("tuned") == 2.5 and pipe.model_margin("nope") == 0.0
     fixed = Pipeline(FakeApp(settings, registry, FakeSearcher([hit(1)])),  # type: ignore[arg-type]
-                     config=dataclasses.replace(CONFIG, abstain_margin=0.0), loader=loader)
+                     config=CONFIG.model_copy(update={"abstain_margin": 0.0}), loader=loader)
     fixed.ask("q?", mode="hybrid")
     assert gens["tuned"].biases[-1] == {}  # the setting overrides the registry
 
