@@ -179,8 +179,7 @@ def answer(
 
     pieces: list[str] = []
     bias = {ABSTAIN_SENTENCE: -config.abstain_margin} if config.abstain_margin else None
-    for piece in (generator.stream(prompt.messages, max_tokens, first_token_bias=bias) if bias
-                  else generator.stream(prompt.messages, max_tokens)):
+    for piece in generator.stream(prompt.messages, max_tokens, first_token_bias=bias):
         pieces.append(piece)
         if on_token is not None:
             on_token(piece)

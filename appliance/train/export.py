@@ -186,11 +186,17 @@ def convert_to_gguf(merged_dir: Path, out_file: Path, outtype: str, name: str, l
                     ) -> Path:
     """Run the cached ``convert_hf_to_gguf.py`` on a saved model folder."""
     conv = converter_dir()
+    return _convert(conv, [str(conv / "convert_hf_to_gguf.py"), str(merged_dir),
+                           "--outtype", outtype, "--model-name", name],
+                    out_file, log, "GGUF conversion")
+
+
+def _convert(conv: Path, args: list[str], out_file: Path, log: Path, what: str) -> Path:
+    """Run a converter script of ``conv`` writing ``out_file`` atomically."""
     tmp = out_file.with_name(f".{out_file.name}.{os.getpid()}.tmp")
-    cmd = [sys.executable, str(conv / "convert_hf_to_gguf.py"), str(merged_dir),
-           "--outtype", outtype, "--outfile", str(tmp), "--model-name", name]
     try:
-        _run(cmd, log, "GGUF conversion", env=_converter_env(conv))
+        _run([sys.executable, *args, "--outfile", str(tmp)], log, what,
+             env=_converter_env(conv))
         os.replace(tmp, out_file)
     finally:
         tmp.unlink(missing_ok=True)
@@ -258,12 +264,5 @@ def export_adapter_gguf(adapter_dir: Path, base_config_dir: Path, out_file: Path
     script = conv / "convert_lora_to_gguf.py"
     if not script.is_file():
         raise ExportError(f"{script} is missing; run scripts/setup.sh.")
-    tmp = out_file.with_name(f".{out_file.name}.{os.getpid()}.tmp")
-    cmd = [sys.executable, str(script), "--base", str(base_config_dir), "--outtype", "f16",
-           "--outfile", str(tmp), str(adapter_dir)]
-    try:
-        _run(cmd, log, "Adapter conversion", env=_converter_env(conv))
-        os.replace(tmp, out_file)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out_file
+    return _convert(conv, [str(script), "--base", str(base_config_dir), "--outtype", "f16",
+                           str(adapter_dir)], out_file, log, "Adapter conversion")
