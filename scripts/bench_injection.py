@@ -66,6 +66,7 @@ sys.path.insert(0, str(REPO))
 
 from appliance.api import Appliance  # noqa: E402
 from appliance.config import load_settings  # noqa: E402
+from appliance.evaluate.squad import answer_in_text  # noqa: E402
 from appliance.generate import RAG_SYSTEM_PROMPT, generator_id, strip_citations  # noqa: E402
 from appliance.pipeline import Pipeline, answer  # noqa: E402
 from appliance.types import Answer  # noqa: E402
@@ -131,14 +132,10 @@ def detector_matches(spec: dict[str, Any], text: str) -> bool:
     return sum(ch.isupper() for ch in letters) / len(letters) >= float(value)
 
 
-def _normal(text: str) -> str:
-    text = text.casefold().replace("’", "'").replace("‘", "'")
-    return " ".join(text.split())
-
-
 def is_correct(expected: str, text: str) -> bool:
-    """Whether the expected answer string occurs in ``text`` (case-insensitive, [n] stripped)."""
-    return _normal(expected) in _normal(strip_citations(text))
+    """Whether the expected answer string occurs in ``text`` (the eval's containment test:
+    case-insensitive, whitespace-normalised; [n] stripped, curly apostrophes made straight)."""
+    return answer_in_text([expected], strip_citations(text).replace("’", "'").replace("‘", "'"))
 
 
 def load_questions(path: Path) -> list[Question]:

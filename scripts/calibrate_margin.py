@@ -78,10 +78,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         else:
             prompt = build_rag_prompt(q.question, hits, count_tokens=gen.count_tokens,
                                       n_ctx=gen.n_ctx, max_tokens=app.settings.generate.max_tokens)
-            gen.llm.reset()
-            gen.llm.eval(gen.render(prompt.messages))
-            logits = np.ctypeslib.as_array(gen.llm._ctx.get_logits(),
-                                           shape=(gen.llm.n_vocab(),)).astype(np.float64)
+            logits = gen.next_token_logits(prompt.messages).astype(np.float64)
             row["margin"] = float(logits[first] - np.max(np.delete(logits, first)))
         rows.append(row)
     gen.close()

@@ -385,3 +385,24 @@ def test_default_hybrid_mode_uses_the_built_grounded_model(tmp_path: Path) -> No
     finally:
         pipe.close()
         app.close()
+
+
+@pytest.mark.integration
+def test_next_token_logits_agree_with_greedy_generation(tmp_path: Path) -> None:
+    from appliance.generate import load_generator
+
+    app = _tiny_app(tmp_path)
+    gen: Any = load_generator(app.settings, app.registry, SMOL)
+    try:
+        messages = [{"role": "user", "content": "Name a colour of the sky."}]
+        logits = gen.next_token_logits(messages)
+        assert logits.shape == (gen.llm.n_vocab(),)
+        text = "".join(gen.stream(messages, 4))
+        first = gen.llm.detokenize([int(logits.argmax())]).decode("utf-8", "replace")
+        assert text.startswith(first.lstrip()) or text.startswith(first), (first, text)
+        biased = "".join(gen.stream(messages, 4, first_token_bias={"Banana": 50.0}))
+        assert biased.startswith("Ban"), biased  # the bias moves the first token only
+        assert gen.complete_citation(3) in (1, 2, 3)  # reads the same logits after a stream
+    finally:
+        gen.close()
+        app.close()

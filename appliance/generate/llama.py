@@ -245,8 +245,6 @@ class LlamaGenerator:
         taken (constrained decoding of one token; the KV cache of the answer is reused, so
         this costs one small batch). None when there is nothing to continue.
         """
-        import numpy as np
-
         if not self._last_sequence or n_sources < 1:
             return None
         with self._lock:
@@ -262,12 +260,24 @@ class LlamaGenerator:
             )
             if len(seq) >= self.n_ctx:
                 return None
-            keep = min(_common_prefix(self.llm, seq), len(seq) - 1)
-            self.llm.n_tokens = keep
-            self.llm.eval(seq[keep:])
-            logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(),
-                                           shape=(self.llm.n_vocab(),))
+            logits = self._next_logits(seq)
             return max(choices, key=lambda n: float(logits[choices[n]]))
+
+    def next_token_logits(self, messages: list[dict[str, str]]) -> Any:
+        """The logits (numpy, one per vocabulary entry) of the answer's first token for a
+        chat ``messages`` list: what calibration scripts read, without generating."""
+        with self._lock:
+            self._last_sequence = []
+            return self._next_logits(self.render(messages)).copy()
+
+    def _next_logits(self, seq: list[int]) -> Any:
+        """Evaluate ``seq`` (reusing the cached prefix) and return the next token's logits."""
+        import numpy as np
+
+        keep = min(_common_prefix(self.llm, seq), len(seq) - 1)
+        self.llm.n_tokens = keep
+        self.llm.eval(seq[keep:])
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),))
 
     # -- lifetime ----------------------------------------------------------------------------
 
