@@ -175,14 +175,12 @@ def _place(src: Path, dest: Path) -> None:
 
 
 def _write_manifest(path: Path, entries: list[dict[str, Any]]) -> None:
-    from appliance.train.register import dump_manifest
+    from appliance.train.register import write_manifest
 
-    header = ("# Written by `appliance models build` (scripts/setup.sh): packaged models built\n"
-              "# on this machine from models/adapters. Do not edit; rerun setup instead.\n")
-    text = dump_manifest({"schema": 1, "model": entries}, header)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_manifest(path, {"schema": 1, "model": entries},
+                   "# Written by `appliance models build` (scripts/setup.sh): packaged models "
+                   "built\n# on this machine from models/adapters. Do not edit; rerun setup "
+                   "instead.\n")
 
 
 def _entry(adapter: PackagedAdapter, gguf: Path, sha: str, parity: dict[str, Any],

@@ -31,7 +31,14 @@ from appliance.errors import ConfigError, InputError, ModelNotFoundError
 from appliance.models.registry import ModelEntry, Registry, sha256_file
 from appliance.train.errors import ModelExistsError
 
-__all__ = ["check_id_free", "dump_manifest", "register_model", "remove_model", "validate_model_id"]
+__all__ = [
+    "check_id_free",
+    "dump_manifest",
+    "register_model",
+    "remove_model",
+    "validate_model_id",
+    "write_manifest",
+]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -159,8 +166,9 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def _write(path: Path, doc: dict[str, Any]) -> None:
-    text = dump_manifest(doc)
+def write_manifest(path: Path, doc: dict[str, Any], header: str = HEADER) -> None:
+    """Write ``doc`` as a manifest atomically (checked, fsynced, renamed over ``path``)."""
+    text = dump_manifest(doc, header)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("w", encoding="utf-8") as fh:
         fh.write(text)
@@ -214,7 +222,7 @@ def register_model(
             "lineage": lineage,
         }
         doc["model"] = [e for e in doc["model"] if e.get("id") != model_id] + [entry]
-        _write(manifest, doc)
+        write_manifest(manifest, doc)
         for e in old:
             stale = folder / str(e.get("file", ""))
             if e.get("file") and e.get("file") != name and stale.is_file() \
@@ -256,7 +264,7 @@ def remove_model(settings: Settings, model_id: str, delete_file: bool = True) ->
         if len(kept) == len(doc["model"]):
             raise ModelNotFoundError(f"No user model '{model_id}' in {manifest}.")
         doc["model"] = kept
-        _write(manifest, doc)
+        write_manifest(manifest, doc)
         if delete_file and entry.path.is_file() \
                 and entry.path.resolve().parent == folder.resolve():
             entry.path.unlink()
