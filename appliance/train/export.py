@@ -30,9 +30,11 @@ from appliance.train.errors import ExportError
 
 __all__ = [
     "ExportResult",
+    "cache_dir",
     "convert_to_gguf",
     "converter_dir",
     "export_adapter_gguf",
+    "llama_version",
     "merge_adapter",
     "quantize_gguf",
     "save_merged",
@@ -64,7 +66,8 @@ def cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "appliance"
 
 
-def _llama_version() -> str:
+def llama_version() -> str:
+    """The installed llama-cpp-python version (the pinned one when not installed)."""
     from importlib import metadata
 
     try:
@@ -77,7 +80,7 @@ def converter_dir() -> Path:
     """The cached converter folder; ExportError (run setup) when it is not there."""
     env = os.environ.get("APPLIANCE_CONVERTER")
     folder = (Path(env).expanduser() if env else
-              cache_dir() / "converter" / f"llama-cpp-python-{_llama_version()}")
+              cache_dir() / "converter" / f"llama-cpp-python-{llama_version()}")
     if not (folder / "convert_hf_to_gguf.py").is_file() or not (folder / "gguf-py").is_dir():
         raise ExportError(
             f"The GGUF converter is missing from {folder}; run scripts/setup.sh, which "

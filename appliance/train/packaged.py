@@ -210,7 +210,7 @@ def build_packaged(settings: Settings, log: Callable[[str], None] | None = None,
     Each adapter's files are checked against its lineage first. A GGUF already in the
     cache under the same key is reused (``force`` rebuilds it).
     """
-    from appliance.train.export import _llama_version, cache_dir
+    from appliance.train.export import cache_dir, llama_version
 
     say = log or (lambda _msg: None)
     folder = models_dir or packaged_models_dir()
@@ -220,7 +220,7 @@ def build_packaged(settings: Settings, log: Callable[[str], None] | None = None,
     for adapter in adapters:
         adapter.verify()
         base = registry.get(adapter.base_id)
-        key = adapter.build_key(base.sha256, _llama_version())
+        key = adapter.build_key(base.sha256, llama_version())
         slot = cache_dir() / "built" / key
         cached = slot / f"{adapter.id}.gguf"
         meta_file = slot / "build.json"
