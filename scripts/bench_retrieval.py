@@ -69,8 +69,8 @@ from appliance.evaluate.squad import (  # noqa: E402
     split_articles,
     write_corpus,
 )
-from appliance.retrieve import Retriever, rrf_fuse  # noqa: E402
-from appliance.store import KnowledgeBase  # noqa: E402
+from appliance.retrieve import Retriever, proximity, rrf_fuse, score_fuse  # noqa: E402
+from appliance.store import KnowledgeBase, query_words  # noqa: E402
 from appliance.types import Chunk  # noqa: E402
 
 MODES = ("vector", "keyword", "hybrid")
@@ -88,6 +88,8 @@ WARMUP_QUERIES = 5
 GRID_WEIGHTS = (0.5, 1.0, 1.5, 2.0, 3.0)
 GRID_RRF_K = (10, 30, 60)
 GRID_DEPTH = 50
+GRID_SCORE_KEYWORD = (0.25, 0.5, 0.75, 1.0, 1.5)  # score fusion, vector weight 1
+GRID_PROXIMITY = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 Vectors = npt.NDArray[np.float32]
 
@@ -611,20 +613,36 @@ def _score(rankings: list[list[int]], relevant: list[set[int]]) -> dict[str, flo
 
 
 def grid(b: Bench, kb_name: str, qs: list[Question]) -> None:
-    """Hybrid fusion over a grid of settings, each channel searched once per question."""
+    """Hybrid fusion over a grid of settings, each channel searched once per question.
+
+    RRF rows fuse ``GRID_DEPTH`` candidates a channel; score-fusion rows (vector weight 1,
+    keyword and proximity weights varied, proximity_window as configured) fuse
+    ``candidates`` a channel, as :meth:`Retriever.search` does.
+    """
+    r = b.settings.retrieve
+    depth = max(r.candidates, 5)
     with (
         KnowledgeBase(b.settings.kb_path(kb_name)) as kb,
         b.step(f"grid: channel searches for {len(qs)} questions"),
     ):
-        ids = [int(r[0]) for r in kb.conn.execute("SELECT id FROM chunks")]
+        ids = [int(x[0]) for x in kb.conn.execute("SELECT id FROM chunks")]
         texts = {cid: row.text for cid, row in kb.chunks(ids).items()}
         relevant = [{cid for cid, t in texts.items() if answer_in_text(q.answers, t)} for q in qs]
+        terms = {cid: kb.terms(t) for cid, t in texts.items()}
         vec_ids: list[list[int]] = []
         kw_ids: list[list[int]] = []
+        scored: list[tuple[dict[int, float], dict[int, float], dict[int, float]]] = []
         for q in qs:
             qvec = b.app.embedder.embed([q.question])[0]  # one at a time, as search does
-            vec_ids.append([cid for cid, _ in kb.vector_search(qvec, GRID_DEPTH)])
-            kw_ids.append([cid for cid, _ in kb.keyword_search(q.question, GRID_DEPTH)])
+            vector = kb.vector_search(qvec, GRID_DEPTH)
+            keyword = kb.keyword_search(q.question, GRID_DEPTH)
+            vec_ids.append([cid for cid, _ in vector])
+            kw_ids.append([cid for cid, _ in keyword])
+            cosine = dict(vector[:depth])
+            cosine.update(kb.similarities(qvec, [c for c, _ in keyword[:depth] if c not in cosine]))
+            qterms = [t for w in query_words(q.question) for t in kb.terms(w)]
+            near = {c: proximity(qterms, terms[c], r.proximity_window) for c in cosine}
+            scored.append((cosine, dict(keyword[:depth]), near))
     rows: list[dict[str, Any]] = []
     for vw in GRID_WEIGHTS:
         for kw in GRID_WEIGHTS:
@@ -639,29 +657,54 @@ def grid(b: Bench, kb_name: str, qs: list[Question]) -> None:
                     for v, k in zip(vec_ids, kw_ids, strict=True)
                 ]
                 rows.append(
-                    {"vector_weight": vw, "keyword_weight": kw, "rrf_k": rrf_k}
+                    {"fusion": "rrf", "vector_weight": vw, "keyword_weight": kw,
+                     "proximity_weight": 0.0, "rrf_k": rrf_k}
                     | _score(fused, relevant)
                 )
-    r = b.settings.retrieve
+    for kw in GRID_SCORE_KEYWORD:
+        for pw in GRID_PROXIMITY:
+            weights = {"vector": 1.0, "keyword": kw, "proximity": pw}
+            fused = [
+                [cid for cid, _ in score_fuse(cos, bm, weights, near)]
+                for cos, bm, near in scored
+            ]
+            rows.append(
+                {"fusion": "score", "vector_weight": 1.0, "keyword_weight": kw,
+                 "proximity_weight": pw, "rrf_k": None}
+                | _score(fused, relevant)
+            )
 
-    def distance(row: dict[str, Any]) -> tuple[float, float]:
+    def is_current(row: dict[str, Any]) -> bool:
+        """Whether a row ranks as the current settings do."""
+        if row["fusion"] != r.fusion:
+            return False
+        ratio = math.isclose(
+            row["keyword_weight"] / row["vector_weight"],
+            r.keyword_weight / max(r.vector_weight, 1e-9),
+        )
+        if row["fusion"] == "rrf":
+            return ratio and math.isclose(row["vector_weight"], r.vector_weight) and (
+                row["rrf_k"] == r.rrf_k
+            )
+        return ratio and math.isclose(
+            row["proximity_weight"], r.proximity_weight / max(r.vector_weight, 1e-9)
+        )
+
+    def distance(row: dict[str, Any]) -> tuple[float, float, float]:
         """How far a row is from the current defaults (ties go to the nearest)."""
         ratio = abs(
             math.log(row["vector_weight"] / row["keyword_weight"])
             - math.log(max(r.vector_weight, 1e-9) / max(r.keyword_weight, 1e-9))
         )
-        return ratio, abs(row["rrf_k"] - r.rrf_k)
+        other = (
+            abs(row["rrf_k"] - r.rrf_k)
+            if row["fusion"] == "rrf"
+            else abs(row["proximity_weight"] - r.proximity_weight)
+        )
+        return float(row["fusion"] != r.fusion), ratio, other
 
     rows.sort(key=lambda x: (-x["hit@1"], -x["hit@5"], -x["mrr@5"], *distance(x)))
-    current = next(
-        (
-            x
-            for x in rows
-            if (x["vector_weight"], x["keyword_weight"], x["rrf_k"])
-            == (r.vector_weight, r.keyword_weight, r.rrf_k)
-        ),
-        None,
-    )
+    current = next((x for x in rows if is_current(x)), None)
     channels = {"vector only": _score(vec_ids, relevant), "keyword only": _score(kw_ids, relevant)}
     b.results["grid"] = {
         "split": b.args.split,
@@ -671,40 +714,35 @@ def grid(b: Bench, kb_name: str, qs: list[Question]) -> None:
         "current": current,
     }
     table = Table(title=f"Fusion grid, SQuAD {b.args.split} split: best rows")
-    note = f"{len(qs)} questions, {len(rows)} settings, {GRID_DEPTH} candidates per channel"
-    for col in ("", "vector_weight", "keyword_weight", "rrf_k", "hit@1", "hit@5", "MRR@5"):
+    note = (
+        f"{len(qs)} questions, {len(rows)} settings; rrf fuses {GRID_DEPTH} candidates per "
+        f"channel, score fusion {depth} (vector weight 1, proximity_window "
+        f"{r.proximity_window})"
+    )
+    for col in ("", "fusion", "vector_weight", "keyword_weight", "proximity_weight", "rrf_k",
+                "hit@1", "hit@5", "MRR@5"):
         table.add_column(col, justify="right")
-    for i, row in enumerate(rows[:8], 1):
-        table.add_row(
-            str(i),
-            fmt(row["vector_weight"]),
-            fmt(row["keyword_weight"]),
-            str(row["rrf_k"]),
+
+    def cells(row: dict[str, Any]) -> list[str]:
+        return [
+            row["fusion"],
+            fmt(row["vector_weight"], 2),
+            fmt(row["keyword_weight"], 2),
+            fmt(row["proximity_weight"], 2),
+            "" if row["rrf_k"] is None else str(row["rrf_k"]),
             fmt(row["hit@1"], 3),
             fmt(row["hit@5"], 3),
             fmt(row["mrr@5"], 3),
-        )
+        ]
+
+    for i, row in enumerate(rows[:8], 1):
+        table.add_row(str(i), *cells(row))
     if current is not None:
+        table.add_row("current", *cells(current), style="bold")
+    for name, sc in channels.items():
         table.add_row(
-            "current",
-            fmt(current["vector_weight"]),
-            fmt(current["keyword_weight"]),
-            str(current["rrf_k"]),
-            fmt(current["hit@1"], 3),
-            fmt(current["hit@5"], 3),
-            fmt(current["mrr@5"], 3),
-            style="bold",
-        )
-    for name, s in channels.items():
-        table.add_row(
-            name,
-            "",
-            "",
-            "",
-            fmt(s["hit@1"], 3),
-            fmt(s["hit@5"], 3),
-            fmt(s["mrr@5"], 3),
-            style="dim",
+            name, "", "", "", "", "", fmt(sc["hit@1"], 3), fmt(sc["hit@5"], 3),
+            fmt(sc["mrr@5"], 3), style="dim",
         )
     b.console.print(table)
     b.console.print(f"  {note}")
@@ -713,8 +751,9 @@ def grid(b: Bench, kb_name: str, qs: list[Question]) -> None:
     b.summary += [
         SummaryRow(
             "grid",
-            "best vector_weight / keyword_weight / rrf_k" + tag,
-            f"{best['vector_weight']:g} / {best['keyword_weight']:g} / {best['rrf_k']}",
+            "best fusion / vector / keyword / proximity weight / rrf_k" + tag,
+            f"{best['fusion']} / {best['vector_weight']:g} / {best['keyword_weight']:g} / "
+            f"{best['proximity_weight']:g} / {best['rrf_k'] if best['rrf_k'] is not None else '-'}",
         ),
         SummaryRow("grid", "best hybrid hit@1" + tag, best["hit@1"]),
         SummaryRow("grid", "best hybrid hit@5" + tag, best["hit@5"]),

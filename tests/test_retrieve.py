@@ -8,7 +8,7 @@ import pytest
 
 from appliance.config import RetrieveSettings
 from appliance.errors import InputError
-from appliance.retrieve import Retriever, rrf_fuse
+from appliance.retrieve import Retriever, proximity, rrf_fuse, score_fuse
 from appliance.store import KnowledgeBase
 from appliance.types import Chunk
 from tests.fakes import HashEmbedder
@@ -74,8 +74,6 @@ def test_bad_queries(retriever: Retriever) -> None:
 
 
 def test_score_fusion_uses_both_channels() -> None:
-    from appliance.retrieve import score_fuse
-
     fused = score_fuse({1: 0.9, 2: 0.5, 3: 0.1}, {2: 10.0, 3: 5.0}, {"vector": 1, "keyword": 1})
     assert [cid for cid, _ in fused] == [2, 1, 3]
     assert fused[0][1] == pytest.approx((0.5 + 1.0) / 2)
@@ -87,3 +85,56 @@ def test_rrf_fusion_setting(retriever: Retriever) -> None:
     retriever.settings = RetrieveSettings(fusion="rrf")
     hits = retriever.search("with statement __exit__", k=1).hits
     assert hits[0].path == "/docs/with.rst" and hits[0].score < 0.05
+
+
+def test_proximity_counts_consecutive_query_pairs_near_each_other() -> None:
+    text = "the oil crisis began when prices of oil rose sharply in the west".split()
+    assert proximity(["oil", "crisis"], text, 1) == 1.0
+    assert proximity(["crisis", "oil"], text, 1) == 1.0  # either order
+    # (oil, prices): 2 apart at best; (prices, west): 7 apart
+    assert proximity(["oil", "prices", "west"], text, 2) == 0.5
+    assert proximity(["oil", "prices", "west"], text, 1) == 0.0
+    assert proximity(["oil", "prices", "west"], text, 6) == 0.5
+    assert proximity(["oil", "prices", "west"], text, 7) == 1.0
+    assert proximity(["oil", "missing"], text, 10) == 0.0
+    assert proximity(["oil"], text, 3) == 0.0  # no pair
+    assert proximity(["oil", "oil", "crisis"], text, 1) == 1.0  # repeats make no pair
+    assert proximity([], [], 3) == 0.0
+
+
+def test_score_fusion_adds_proximity() -> None:
+    cosine, bm25 = {1: 0.5, 2: 0.5}, {1: 4.0, 2: 4.0}
+    weights = {"vector": 1.0, "keyword": 1.0, "proximity": 2.0}
+    fused = score_fuse(cosine, bm25, weights, {2: 0.5})
+    assert [cid for cid, _ in fused] == [2, 1]
+    assert fused[0][1] == pytest.approx((0.5 + 1.0 + 2.0 * 0.5) / 4)
+    assert fused[1][1] == pytest.approx((0.5 + 1.0) / 4)
+    # without proximity scores the weight does not count
+    assert score_fuse(cosine, bm25, weights)[0][1] == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_proximity_setting_prefers_words_said_together(tmp_path: Path) -> None:
+    emb = HashEmbedder()
+    kb = KnowledgeBase(tmp_path / "p.sqlite", create=True)
+    kb.bind_embedder(emb)
+    docs = {  # the same words, so the same cosine and nearly the same bm25
+        "/apart.txt": "prices rose in the winter while the embargo hit oil supplies",
+        "/together.txt": "oil prices rose in the winter while the embargo hit supplies",
+    }
+    for path, text in docs.items():
+        chunk = Chunk(0, text, (path,), None, 0, len(text), 10)
+        kb.replace_document(path=path, sha256=path, size=1, mtime=1, title=path, kind="text",
+                            collection="docs", chunks=[chunk], vectors=emb.embed([text]))
+    try:
+        retriever = Retriever(kb, emb, RetrieveSettings(proximity_weight=1.0))
+        hits = retriever.search("Why did oil prices rise?", k=2).hits
+        assert [h.path for h in hits] == ["/together.txt", "/apart.txt"]
+        assert hits[0].score > hits[1].score
+        assert set(hits[0].to_json()["scores"]) == {"vector", "keyword"}  # format unchanged
+        only_prefix = retriever.search("Why did oil prices rise?", k=2, path_prefix="/apart")
+        assert [h.path for h in only_prefix.hits] == ["/apart.txt"]
+        retriever.settings = RetrieveSettings(proximity_weight=0.0)
+        off = retriever.search("Why did oil prices rise?", k=2).hits
+        assert off[0].score == pytest.approx(off[1].score, abs=0.05)
+    finally:
+        kb.close()

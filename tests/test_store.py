@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from appliance.errors import EmbedderMismatchError, KnowledgeBaseNotFoundError, StoreBusyError
-from appliance.store import KnowledgeBase, fts_query
+from appliance.store import KnowledgeBase, fts_query, query_words
 from appliance.store.schema import SCHEMA_VERSION
 from appliance.types import Chunk
 from tests.fakes import HashEmbedder
@@ -128,6 +128,21 @@ def test_fts_query_quotes_every_word() -> None:
     assert fts_query('how does "with" call __exit__?') == '"call" OR "__exit__"'
     assert fts_query("the and of") == '"the" OR "and" OR "of"'
     assert fts_query("*** ---") is None
+
+
+def test_query_words_keep_order_and_repeats() -> None:
+    assert query_words("Which cars were the cars of the crisis?") == ["cars", "cars", "crisis"]
+    assert query_words("the and of") == ["the", "and", "of"]
+    assert query_words("*** ---") == []
+
+
+def test_terms_match_the_keyword_index(kb: KnowledgeBase) -> None:
+    assert kb.terms("Running DOGS, naïvely") == ["run", "dog", "naiv"]
+    assert kb.terms("") == []
+    _add(kb, HashEmbedder(), "/a.txt", ["The dogs were running."])
+    # every term of a stored text finds that text through the index
+    for term in kb.terms("The dogs were running."):
+        assert kb.keyword_search(term, 5), term
 
 
 def test_keyword_search_finds_dunder_names(kb: KnowledgeBase) -> None:

@@ -5,16 +5,18 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import numpy.typing as npt
 
 from appliance.config import RetrieveSettings
 from appliance.errors import InputError
-from appliance.store import KnowledgeBase
+from appliance.store import KnowledgeBase, query_words
+from appliance.store.sqlite import ChunkRow
 from appliance.types import Embedder, Hit
 
-__all__ = ["Retriever", "SearchResult", "rrf_fuse", "score_fuse"]
+__all__ = ["Retriever", "SearchResult", "proximity", "rrf_fuse", "score_fuse"]
 
 MODES = ("hybrid", "vector", "keyword")
 
@@ -41,21 +43,71 @@ def score_fuse(
     cosine: Mapping[int, float],
     bm25: Mapping[int, float],
     weights: Mapping[str, float],
+    closeness: Mapping[int, float] | None = None,
 ) -> list[tuple[int, float]]:
-    """Weighted mean of cosine similarity and bm25 relative to the best bm25 of the query.
+    """Weighted mean of cosine similarity, bm25 relative to the best bm25 of the query and,
+    when given, the :func:`proximity` of the query's words in each candidate.
 
     Every candidate needs its cosine (``cosine`` covers the union of both channels); a
-    candidate the keyword channel did not return counts as bm25 0. Scores lie in [-1, 1];
-    unlike RRF scores they say how well the best hit matches, not only its rank.
+    candidate the keyword channel did not return counts as bm25 0, one missing from
+    ``closeness`` as proximity 0. ``weights`` has keys ``vector``, ``keyword`` and
+    ``proximity`` (the last only counts when ``closeness`` is given). Scores lie in
+    [-1, 1]; unlike RRF scores they say how well the best hit matches, not only its rank.
     """
     wv, wk = weights.get("vector", 1.0), weights.get("keyword", 1.0)
-    total = wv + wk or 1.0
+    wp = weights.get("proximity", 0.0) if closeness is not None else 0.0
+    near = closeness or {}
+    total = wv + wk + wp or 1.0
     best = max((s for s in bm25.values() if s > 0), default=0.0)
     fused = {
-        cid: (wv * cos + wk * (bm25.get(cid, 0.0) / best if best else 0.0)) / total
+        cid: (
+            wv * cos
+            + wk * (bm25.get(cid, 0.0) / best if best else 0.0)
+            + wp * near.get(cid, 0.0)
+        ) / total
         for cid, cos in cosine.items()
     }
     return sorted(fused.items(), key=lambda item: item[1], reverse=True)
+
+
+def _within(a: Sequence[int], b: Sequence[int], window: int) -> bool:
+    """Whether some position in ``a`` and some in ``b`` (both ascending) are at most
+    ``window`` apart."""
+    i = j = 0
+    while i < len(a) and j < len(b):
+        if abs(a[i] - b[j]) <= window:
+            return True
+        if a[i] < b[j]:
+            i += 1
+        else:
+            j += 1
+    return False
+
+
+def proximity(query_terms: Sequence[str], text_terms: Sequence[str], window: int) -> float:
+    """The share of the query's consecutive term pairs that occur near each other in a text.
+
+    ``query_terms`` are the query's content words in order and ``text_terms`` the text's
+    tokens, both as the keyword index normalises them (:meth:`KnowledgeBase.terms`). A pair
+    (a, b) of consecutive, different query terms counts when some a and some b lie at most
+    ``window`` tokens apart in the text, in either order. 0.0 for a query with no pair: it
+    rewards a passage that says what the question asks in one place, as a paraphrase of
+    one sentence does, over one that only mentions its words here and there.
+    """
+    pairs = [(a, b) for a, b in pairwise(query_terms) if a != b]
+    if not pairs:
+        return 0.0
+    wanted = set(query_terms)
+    positions: dict[str, list[int]] = {}
+    for i, term in enumerate(text_terms):
+        if term in wanted:
+            positions.setdefault(term, []).append(i)
+    near = sum(
+        1
+        for a, b in pairs
+        if a in positions and b in positions and _within(positions[a], positions[b], window)
+    )
+    return near / len(pairs)
 
 
 @dataclass
@@ -126,6 +178,7 @@ class Retriever:
             "keyword": [i for i, _ in keyword],
         }
         weights = {"vector": self.settings.vector_weight, "keyword": self.settings.keyword_weight}
+        rows: dict[int, ChunkRow] | None = None
         if mode == "vector":
             fused = [(i, s) for i, s in vector]
         elif mode == "keyword":
@@ -138,12 +191,18 @@ class Retriever:
             if qvec is not None:
                 cosine.update(self.kb.similarities(qvec, missing))
             vector = list(cosine.items())
-            fused = score_fuse(cosine, dict(keyword), weights)
+            closeness: dict[int, float] | None = None
+            if self.settings.proximity_weight > 0:
+                rows = self.kb.chunks(list(cosine))
+                closeness = self._closeness(query, rows, path_prefix)
+                weights["proximity"] = self.settings.proximity_weight
+            fused = score_fuse(cosine, dict(keyword), weights, closeness)
         vec_score = dict(vector)
         kw_score = dict(keyword)
         vec_rank = {cid: r for r, cid in enumerate(rankings["vector"], start=1)}
         kw_rank = {cid: r for r, cid in enumerate(rankings["keyword"], start=1)}
-        rows = self.kb.chunks([cid for cid, _ in fused[: depth if path_prefix else k]])
+        if rows is None:
+            rows = self.kb.chunks([cid for cid, _ in fused[: depth if path_prefix else k]])
         hits: list[Hit] = []
         for cid, score in fused:
             row = rows.get(cid)
@@ -167,3 +226,16 @@ class Retriever:
                 break
         timings["search"] += (time.perf_counter() - t2) * 1000
         return SearchResult(query=query, hits=hits, timings_ms=timings)
+
+    def _closeness(
+        self, query: str, rows: Mapping[int, ChunkRow], path_prefix: str | None
+    ) -> dict[int, float]:
+        """:func:`proximity` of the query's content words in each candidate chunk (those
+        outside ``path_prefix`` are skipped: they are dropped anyway)."""
+        terms = [t for word in query_words(query) for t in self.kb.terms(word)]
+        window = self.settings.proximity_window
+        return {
+            cid: proximity(terms, self.kb.terms(row.text), window)
+            for cid, row in rows.items()
+            if not path_prefix or row.path.startswith(path_prefix)
+        }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from appliance.config import Settings
 from appliance.errors import KnowledgeBaseNotFoundError
-from appliance.store.sqlite import ChunkRow, DocumentRow, KnowledgeBase, fts_query
+from appliance.store.sqlite import ChunkRow, DocumentRow, KnowledgeBase, fts_query, query_words
 
 __all__ = [
     "ChunkRow",
@@ -13,6 +13,7 @@ __all__ = [
     "fts_query",
     "list_kbs",
     "open_kb",
+    "query_words",
     "remove_kb",
 ]
 

@@ -29,7 +29,7 @@ from appliance.errors import (
 from appliance.store.schema import SCHEMA_VERSION, create_vector_table, migrate
 from appliance.types import Chunk, Embedder
 
-__all__ = ["ChunkRow", "DocumentRow", "KnowledgeBase", "fts_query"]
+__all__ = ["ChunkRow", "DocumentRow", "KnowledgeBase", "fts_query", "query_words"]
 
 
 def _one(conn: apsw.Connection, sql: str, args: tuple[Any, ...] = ()) -> Any:
@@ -54,16 +54,27 @@ _STOPWORDS = frozenset(
 )
 
 
+# The tokenizer of chunks_fts (appliance/store/schema.py), for matching terms outside FTS5.
+_FTS_TOKENIZER = ("porter", ["unicode61", "remove_diacritics", "2"])
+
+
+def query_words(text: str) -> list[str]:
+    """The words of a query that carry its meaning, lowercased, in order, repeats kept.
+
+    Common English words are dropped unless nothing else is left.
+    """
+    words = [w for w in _WORD.findall(text.lower()) if w.strip("_")]
+    return [w for w in words if w not in _STOPWORDS] or words
+
+
 def fts_query(text: str) -> str | None:
     """Turn free text into a safe FTS5 query: quoted words joined by OR.
 
     Quotes, operators, ``-``, ``*``, ``:`` and brackets in the input are never interpreted.
     Common English words are dropped unless nothing else is left. None when no word remains.
     """
-    words = [w for w in _WORD.findall(text.lower()) if w.strip("_")]
-    content = [w for w in words if w not in _STOPWORDS] or words
     seen: dict[str, None] = {}
-    for w in content:
+    for w in query_words(text):
         seen.setdefault(w, None)
     if not seen:
         return None
@@ -112,6 +123,7 @@ class KnowledgeBase:
         readonly: bool = False,
     ) -> None:
         self.path = path
+        self._tokenizer: Callable[..., Any] | None = None
         if not path.exists() and not create:
             raise KnowledgeBaseNotFoundError(
                 f"Knowledge base '{path.stem}' does not exist at {path}; "
@@ -452,6 +464,18 @@ class KnowledgeBase:
             matrix = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(found), -1)
             out.update(zip(found, (float(x) for x in matrix @ query), strict=True))
         return out
+
+    def terms(self, text: str) -> list[str]:
+        """``text`` as the keyword index sees it: its tokens, in order, folded and stemmed
+        by the FTS5 tokenizer of ``chunks_fts`` (so "Running" and "runs" both give "run")."""
+        if self._tokenizer is None:
+            name, args = _FTS_TOKENIZER
+            self._tokenizer = self.conn.fts5_tokenizer(name, args)
+        tokens = self._tokenizer(
+            text.encode("utf-8"), apsw.FTS5_TOKENIZE_DOCUMENT, None,
+            include_offsets=False, include_colocated=False,
+        )
+        return [str(t) for t in tokens]
 
     def keyword_search(
         self, text: str, k: int, collection: str | None = None
