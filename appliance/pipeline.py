@@ -27,6 +27,7 @@ from appliance.config import AnswerSettings, Settings
 from appliance.errors import InputError
 from appliance.generate import (
     ABSTAIN_SENTENCE,
+    ANSWER_REMINDER,
     BASE_SYSTEM_PROMPT,
     FINE_TUNED_MODES,
     MODES,
@@ -121,14 +122,17 @@ def answer(
     on_token: Callable[[str], None] | None = None,
     config: AnswerSettings | None = None,
     system_prompt: str | None = None,
+    reminder: str | None = None,
+    examples: Sequence[dict[str, str]] = (),
 ) -> Answer:
     """Answer ``question`` in ``mode`` and return the Answer record of DESIGN.md.
 
     ``retriever`` is required for ``rag`` and ``hybrid``. ``on_token`` receives each
     generated text piece as it streams (nothing is streamed when retrieval evidence makes
     the pipeline abstain before generating). ``system_prompt`` overrides the mode's
-    default (evaluation of prompt variants); keep it fixed across questions so llama.cpp
-    reuses its KV cache.
+    default, ``reminder`` the instruction after the question and ``examples`` adds worked
+    turns after the system prompt (evaluation of prompt variants: ``scripts/tune_prompt.py``);
+    keep them fixed across questions so llama.cpp reuses its KV cache.
     """
     t0 = time.perf_counter()
     text = question.strip()
@@ -167,6 +171,7 @@ def answer(
         prompt = build_rag_prompt(
             text, hits, count_tokens=generator.count_tokens, n_ctx=n_ctx,
             max_tokens=max_tokens, system_prompt=system_prompt or RAG_SYSTEM_PROMPT,
+            reminder=ANSWER_REMINDER if reminder is None else reminder, examples=examples,
         )
         if prompt.dropped:
             record.flags.append(f"sources_dropped:{prompt.dropped}")

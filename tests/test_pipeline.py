@@ -11,7 +11,12 @@ import pytest
 
 from appliance.config import AnswerSettings, Settings, load_settings
 from appliance.errors import InputError, ModelNotFoundError
-from appliance.generate import ABSTAIN_SENTENCE, generator_id
+from appliance.generate import (
+    ABSTAIN_SENTENCE,
+    ANSWER_REMINDER,
+    RAG_SYSTEM_PROMPT,
+    generator_id,
+)
 from appliance.pipeline import Pipeline, answer, retrieval_abstains
 from appliance.retrieve import SearchResult
 from appliance.types import Generator, Hit
@@ -70,6 +75,20 @@ def test_rag_answer_record(settings: Settings) -> None:
     json.dumps(data)  # JSON-ready
     user = gen.calls[0][-1]["content"]
     assert '<source id="3"' in user and "Question: Why is the sky blue?" in user
+
+
+def test_prompt_variants_override_system_prompt_and_reminder(settings: Settings) -> None:
+    gen = FakeGenerator("Blue [1].")
+    searcher = FakeSearcher([hit(1)])
+    answer("Why?", generator=gen, settings=settings, retriever=searcher, mode="rag",
+           config=CONFIG)
+    answer("Why?", generator=gen, settings=settings, retriever=searcher, mode="rag",
+           config=CONFIG, system_prompt="Be terse.", reminder="One word.")
+    default, variant = gen.calls
+    assert default[0]["content"] == RAG_SYSTEM_PROMPT
+    assert default[-1]["content"].endswith(f"Question: Why?\n\n{ANSWER_REMINDER}")
+    assert variant[0]["content"] == "Be terse."
+    assert variant[-1]["content"].endswith("Question: Why?\n\nOne word.")
 
 
 def test_unknown_citation_is_dropped_and_flagged(settings: Settings) -> None:

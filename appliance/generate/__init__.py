@@ -17,6 +17,7 @@ from appliance.generate.citations import (
 )
 from appliance.generate.prompt import (
     ABSTAIN_SENTENCE,
+    ANSWER_REMINDER,
     BASE_SYSTEM_PROMPT,
     RAG_SYSTEM_PROMPT,
     Prompt,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ABSTAIN_SENTENCE",
+    "ANSWER_REMINDER",
     "BASE_SYSTEM_PROMPT",
     "FINE_TUNED_MODES",
     "MODES",

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Compare RAG prompt variants on the SQuAD development split and print a table.
+
+Each variant is a (system prompt, reminder) pair; every question goes through the answer
+pipeline (:func:`appliance.pipeline.answer`: retrieval, abstention thresholds, prompt,
+generation, citation checks) with that pair, and is scored like ``appliance eval`` does:
+token F1 and containment on answerable questions ([n] stripped), false abstention,
+abstention on unanswerable questions, citing, latency. Answers are journalled per variant
+under ``--out``, so a rerun resumes. Tune here, on dev; report on the test split with
+``appliance eval``.
+
+    APPLIANCE_HOME=DIR .venv/bin/python scripts/tune_prompt.py --kb squad-dev --limit 80 \\
+        --answerable-only --variants current,words,five,k2,shots --out /tmp/tune
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SQUAD = Path("/work/shared/data/squad2-dev-a/squad2-dev-a.json")
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    # reminder: the instruction repeated after the question ("" = the product's
+    # ANSWER_REMINDER); k: sources in the prompt (default: answer.k).
+    "current": {},
+    "words": {"reminder": "Answer with only the words from the sources that answer the "
+                          "question (a name, number, date or short phrase), not a sentence."},
+    "span": {"reminder": "Copy the shortest part of a source that answers the question."},
+    "five": {"reminder": "Answer in at most five words taken from the sources."},
+    "k2": {"k": 2},
+    "shots": {"examples": "spans"},
+    "k5": {"k": 5},
+}
+
+_SHOT_SOURCES = (
+    '<source id="1" path="notes/moon.md" heading="Moon">\n'
+    "The Moon orbits Earth once every 27.3 days. Its surface is covered in dust called "
+    "regolith.\n</source>\n"
+    '<source id="2" path="notes/apollo.md" heading="Apollo 11">\n'
+    "Apollo 11 landed on the Moon on 20 July 1969. Neil Armstrong was the first person to "
+    "walk on its surface.\n</source>"
+)
+SPAN_SHOTS = tuple(
+    turn
+    for question, reply in (
+        ("Who was the first person to walk on the Moon's surface?", "Neil Armstrong [2]"),
+        ("How long does it take the Moon to go around Earth?", "27.3 days [1]"),
+    )
+    for turn in (
+        {"role": "user", "content": f"Sources:\n{_SHOT_SOURCES}\n\nQuestion: {question}\n\n"
+                                    "Answer with a short phrase taken from the sources."},
+        {"role": "assistant", "content": reply},
+    )
+)
+"""Worked turns whose answers are the shortest span of a source, never a restated sentence."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen variants and print the comparison table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--squad", type=Path, default=DEFAULT_SQUAD)
+    parser.add_argument("--articles", default="dev", help="dev (default), test or titles")
+    parser.add_argument("--kb", default="squad-dev")
+    parser.add_argument("--limit", type=int, default=60)
+    parser.add_argument("--answerable-only", action="store_true",
+                        help="sample answerable questions only (F1 needs many of them)")
+    parser.add_argument("--model", default=None, help="generator id [default model]")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(REPO))
+    from rich.console import Console
+    from rich.table import Table
+
+    from appliance.api import Appliance
+    from appliance.evaluate.metrics import aggregate, score_answer
+    from appliance.evaluate.runner import load_eval_set, prepare_squad_kb
+    from appliance.generate import ANSWER_REMINDER, load_generator
+    from appliance.pipeline import answer, answer_settings
+
+    app = Appliance()
+    eval_set = load_eval_set(args.squad, articles=args.articles,
+                             limit=None if args.answerable_only else args.limit)
+    if args.answerable_only:
+        answerable = [i for i in eval_set.items if i.answerable]
+        answerable.sort(key=lambda i: hashlib.sha256(i.id.encode()).hexdigest())
+        keep = {i.id for i in answerable[: args.limit]}
+        eval_set.items = [i for i in eval_set.items if i.id in keep]
+    if args.kb not in app.list_kbs():
+        prepare_squad_kb(app, eval_set, args.kb)
+    retriever = app.retriever(args.kb)
+    config = answer_settings(app.settings)
+    gen = load_generator(app.settings, app.registry, args.model)
+    args.out.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True)
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for name in args.variants.split(","):
+        if name not in VARIANTS:
+            parser.error(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+        variant = VARIANTS[name]
+        reminder = variant.get("reminder") or ANSWER_REMINDER
+        cfg = config.model_copy(update={"k": variant.get("k", config.k)})
+        examples = SPAN_SHOTS if variant.get("examples") == "spans" else ()
+        journal = args.out / f"{name}.jsonl"
+        done: dict[str, dict[str, Any]] = {}
+        if journal.exists():
+            for line in journal.read_text(encoding="utf-8").splitlines():
+                rec = json.loads(line)
+                done[rec["id"]] = rec
+        with journal.open("a", encoding="utf-8") as fh:
+            for i, item in enumerate(eval_set.items, 1):
+                if item.id in done:
+                    continue
+                rec = answer(item.question, generator=gen, settings=app.settings,
+                             retriever=retriever, mode="rag", id=item.id, config=cfg,
+                             reminder=reminder, examples=examples)
+                values = {f.name: getattr(rec, f.name) for f in fields(rec)}
+                values["citations"] = [vars(c) for c in rec.citations]
+                values["closest"] = [vars(c) for c in rec.closest]
+                done[item.id] = values
+                fh.write(json.dumps(values, ensure_ascii=False) + "\n")
+                fh.flush()
+                console.print(f"[dim]{name} {i}/{len(eval_set.items)}[/] {rec.answer[:90]!r}")
+        scores = [score_answer(item, done[item.id]) for item in eval_set.items]
+        rows.append((name, aggregate(scores, "rag")))
+
+    kind = "answerable " if args.answerable_only else ""
+    table = Table(title=f"RAG prompt variants, SQuAD {args.articles}, "
+                        f"{len(eval_set.items)} {kind}questions")
+    for col in ("variant", "F1 ans", "EM ans", "contained", "false abst", "unans abst",
+                "cites", "p50 s"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    def cell(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    for name, m in rows:
+        table.add_row(name, cell(m["f1_answerable"]), cell(m["em_answerable"]),
+                      cell(m["contained"]), cell(m["false_abstention"]),
+                      cell(m["abstention_accuracy"]), cell(m["citation_coverage"]),
+                      f"{m['p50_ms'] / 1000:.1f}")
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
