@@ -9,6 +9,7 @@ no chunk is partly invisible to vector search.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from semantic_text_splitter import TextSplitter
@@ -20,6 +21,10 @@ __all__ = ["Chunker", "embed_text"]
 _SPECIAL_TOKENS = 2  # [CLS] and [SEP]
 _MIN_TEXT_TOKENS = 48
 _SECTION_GAP = "\n\n"
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split()).casefold()
 
 
 def embed_text(heading: str, text: str) -> str:
@@ -55,8 +60,14 @@ class Chunker:
         return (doc.title,) if doc.title else ()
 
     def chunk(self, doc: LoadedDocument) -> list[Chunk]:
-        """All chunks of ``doc`` in reading order, with offsets into its extracted text."""
+        """All chunks of ``doc`` in reading order, with offsets into its extracted text.
+
+        A piece that is nothing but a heading of its own path or the document's title (a
+        title line the splitter cut off a long first paragraph) is left out when the
+        document has other chunks: every chunk already carries its heading path.
+        """
         chunks: list[Chunk] = []
+        bare: list[Chunk] = []
         base = 0
         for section in doc.sections:
             text = section.text
@@ -75,9 +86,10 @@ class Chunker:
                     if not piece.strip():
                         continue
                     tokens = self.count_tokens(embed_text(heading, piece)) + _SPECIAL_TOKENS
-                    chunks.append(
+                    names = {_words(h) for h in (*path, doc.title) if h}
+                    (bare if _words(piece) in names else chunks).append(
                         Chunk(
-                            order=len(chunks),
+                            order=0,  # numbered below
                             text=piece,
                             heading_path=path,
                             page=section.page,
@@ -87,4 +99,6 @@ class Chunker:
                         )
                     )
             base += len(text) + len(_SECTION_GAP)
-        return chunks
+        if not chunks:
+            chunks = bare
+        return [replace(c, order=i) for i, c in enumerate(chunks)]
