@@ -54,17 +54,3 @@ def test_overlap_between_neighbours() -> None:
     assert len(chunks) > 3
     assert any(chunks[i].end > chunks[i + 1].start for i in range(len(chunks) - 1))
 
-
-def test_a_title_cut_off_a_long_paragraph_is_not_a_chunk() -> None:
-    paragraph = " ".join(f"fact{i}" for i in range(70)) + "."
-    doc = LoadedDocument("Imperialism", "text", [Section(f"Imperialism\n\n{paragraph}", ())])
-    chunks = Chunker(word_tokenizer(), max_tokens=64, overlap=8).chunk(doc)
-    assert chunks and all(c.text.strip() != "Imperialism" for c in chunks)
-    assert [c.order for c in chunks] == list(range(len(chunks)))
-    assert all(c.heading == "Imperialism" for c in chunks)
-
-
-def test_a_document_that_is_only_its_title_keeps_its_one_chunk() -> None:
-    doc = LoadedDocument("Notes", "text", [Section("Notes", ())])
-    chunks = Chunker(word_tokenizer(), max_tokens=64, overlap=8).chunk(doc)
-    assert [c.text for c in chunks] == ["Notes"]

@@ -9,8 +9,10 @@ import pytest
 
 from appliance.config import IngestSettings
 from appliance.errors import DocumentError
+from appliance.ingest.chunking import Chunker
 from appliance.ingest.loaders import format_bytes, load_document
 from appliance.types import LoadedDocument
+from tests.fakes import word_tokenizer
 from tests.hostile import (
     GOOD_FILES,
     encrypt_pdf,
@@ -94,6 +96,17 @@ def test_every_expected_failure_is_covered(corpus: tuple[Path, dict[str, str]]) 
 
 # -- text ------------------------------------------------------------------------------------
 
+
+
+def test_a_text_title_heads_the_text_instead_of_starting_it(tmp_path: Path) -> None:
+    paragraph = " ".join(f"fact{i}" for i in range(70)) + "."
+    doc = load(write(tmp_path, "imp.txt", f"Imperialism\n\n{paragraph}\n"))
+    assert doc.title == "Imperialism"
+    assert [(s.heading_path, s.text) for s in doc.sections] == [(("Imperialism",), paragraph)]
+    # Chunked, the title is every chunk's heading, never a chunk of its own.
+    chunks = Chunker(word_tokenizer(), max_tokens=64, overlap=8).chunk(doc)
+    assert len(chunks) > 1 and all(c.heading == "Imperialism" for c in chunks)
+    assert all("fact" in c.text for c in chunks)
 
 def test_text_normalises_newlines_and_blank_lines(corpus: tuple[Path, dict[str, str]]) -> None:
     root, _ = corpus

@@ -9,7 +9,6 @@ no chunk is partly invisible to vector search.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from semantic_text_splitter import TextSplitter
@@ -21,10 +20,6 @@ __all__ = ["Chunker", "embed_text"]
 _SPECIAL_TOKENS = 2  # [CLS] and [SEP]
 _MIN_TEXT_TOKENS = 48
 _SECTION_GAP = "\n\n"
-
-
-def _words(text: str) -> str:
-    return " ".join(text.split()).casefold()
 
 
 def embed_text(heading: str, text: str) -> str:
@@ -60,14 +55,8 @@ class Chunker:
         return (doc.title,) if doc.title else ()
 
     def chunk(self, doc: LoadedDocument) -> list[Chunk]:
-        """All chunks of ``doc`` in reading order, with offsets into its extracted text.
-
-        A piece that is nothing but a heading of its own path or the document's title (a
-        title line the splitter cut off a long first paragraph) is left out when the
-        document has other chunks: every chunk already carries its heading path.
-        """
+        """All chunks of ``doc`` in reading order, with offsets into its extracted text."""
         chunks: list[Chunk] = []
-        bare: list[Chunk] = []
         base = 0
         for section in doc.sections:
             text = section.text
@@ -86,10 +75,9 @@ class Chunker:
                     if not piece.strip():
                         continue
                     tokens = self.count_tokens(embed_text(heading, piece)) + _SPECIAL_TOKENS
-                    names = {_words(h) for h in (*path, doc.title) if h}
-                    (bare if _words(piece) in names else chunks).append(
+                    chunks.append(
                         Chunk(
-                            order=0,  # numbered below
+                            order=len(chunks),
                             text=piece,
                             heading_path=path,
                             page=section.page,
@@ -99,6 +87,4 @@ class Chunker:
                         )
                     )
             base += len(text) + len(_SECTION_GAP)
-        if not chunks:
-            chunks = bare
-        return [replace(c, order=i) for i, c in enumerate(chunks)]
+        return chunks

@@ -207,21 +207,28 @@ def _document(title: str, kind: str, sections: list[Section], path: Path) -> Loa
 # ---------------------------------------------------------------------------------------
 
 
-def _text_title(text: str) -> str | None:
-    """A first line that stands alone (short, then a blank line) is the document's title."""
+def _text_title(text: str) -> tuple[str, str] | None:
+    """A first line that stands alone (short, then a blank line) is the document's title:
+    (title, the text after it), else None."""
     lines = text.lstrip("\n").split("\n", 2)
     if len(lines) == 3 and not lines[1].strip() and lines[2].strip():
         first = lines[0].strip()
         if 0 < len(first) <= 120 and not first.endswith((".", ",", ";", ":")):
-            return first
+            return first, lines[2]
     return None
 
 
 def _load_text(path: Path, data: bytes, settings: IngestSettings) -> LoadedDocument:
     text = _decode_utf8(data)
     out = _Sections()
+    found = _text_title(text)
+    if found is not None:
+        # The title heads the text, as a markdown "# Title" does: it is every chunk's
+        # heading path, not a line of body text (alone, it would become a chunk of its own).
+        title, text = found
+        out.heading(1, title)
     out.add(text)
-    return _document(_text_title(text) or path.stem, "text", out.sections, path)
+    return _document(found[0] if found else path.stem, "text", out.sections, path)
 
 
 # ---------------------------------------------------------------------------------------
