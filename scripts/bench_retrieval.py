@@ -69,8 +69,14 @@ from appliance.evaluate.squad import (  # noqa: E402
     split_articles,
     write_corpus,
 )
-from appliance.retrieve import Retriever, proximity, rrf_fuse, score_fuse  # noqa: E402
-from appliance.store import KnowledgeBase, query_words  # noqa: E402
+from appliance.retrieve import (  # noqa: E402
+    Retriever,
+    proximity,
+    query_terms,
+    rrf_fuse,
+    score_fuse,
+)
+from appliance.store import KnowledgeBase  # noqa: E402
 from appliance.types import Chunk  # noqa: E402
 
 MODES = ("vector", "keyword", "hybrid")
@@ -640,7 +646,7 @@ def grid(b: Bench, kb_name: str, qs: list[Question]) -> None:
             kw_ids.append([cid for cid, _ in keyword])
             cosine = dict(vector[:depth])
             cosine.update(kb.similarities(qvec, [c for c, _ in keyword[:depth] if c not in cosine]))
-            qterms = [t for w in query_words(q.question) for t in kb.terms(w)]
+            qterms = query_terms(kb, q.question)
             near = {c: proximity(qterms, terms[c], r.proximity_window) for c in cosine}
             scored.append((cosine, dict(keyword[:depth]), near))
     rows: list[dict[str, Any]] = []

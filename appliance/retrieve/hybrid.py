@@ -16,7 +16,7 @@ from appliance.store import KnowledgeBase, query_words
 from appliance.store.sqlite import ChunkRow
 from appliance.types import Embedder, Hit
 
-__all__ = ["Retriever", "SearchResult", "proximity", "rrf_fuse", "score_fuse"]
+__all__ = ["Retriever", "SearchResult", "proximity", "query_terms", "rrf_fuse", "score_fuse"]
 
 MODES = ("hybrid", "vector", "keyword")
 
@@ -82,6 +82,12 @@ def _within(a: Sequence[int], b: Sequence[int], window: int) -> bool:
         else:
             j += 1
     return False
+
+
+def query_terms(kb: KnowledgeBase, query: str) -> list[str]:
+    """The query's content words (:func:`appliance.store.query_words`) as ``kb``'s keyword
+    index normalises them: what :func:`proximity` looks for."""
+    return kb.terms(" ".join(query_words(query)))
 
 
 def proximity(query_terms: Sequence[str], text_terms: Sequence[str], window: int) -> float:
@@ -232,7 +238,7 @@ class Retriever:
     ) -> dict[int, float]:
         """:func:`proximity` of the query's content words in each candidate chunk (those
         outside ``path_prefix`` are skipped: they are dropped anyway)."""
-        terms = [t for word in query_words(query) for t in self.kb.terms(word)]
+        terms = query_terms(self.kb, query)
         window = self.settings.proximity_window
         return {
             cid: proximity(terms, self.kb.terms(row.text), window)

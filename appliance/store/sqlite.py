@@ -26,7 +26,12 @@ from appliance.errors import (
     KnowledgeBaseNotFoundError,
     StoreBusyError,
 )
-from appliance.store.schema import SCHEMA_VERSION, create_vector_table, migrate
+from appliance.store.schema import (
+    FTS_TOKENIZER,
+    SCHEMA_VERSION,
+    create_vector_table,
+    migrate,
+)
 from appliance.types import Chunk, Embedder
 
 __all__ = ["ChunkRow", "DocumentRow", "KnowledgeBase", "fts_query", "query_words"]
@@ -52,10 +57,6 @@ _STOPWORDS = frozenset(
     why will with would you your
     """.split()
 )
-
-
-# The tokenizer of chunks_fts (appliance/store/schema.py), for matching terms outside FTS5.
-_FTS_TOKENIZER = ("porter", ["unicode61", "remove_diacritics", "2"])
 
 
 def query_words(text: str) -> list[str]:
@@ -469,8 +470,8 @@ class KnowledgeBase:
         """``text`` as the keyword index sees it: its tokens, in order, folded and stemmed
         by the FTS5 tokenizer of ``chunks_fts`` (so "Running" and "runs" both give "run")."""
         if self._tokenizer is None:
-            name, args = _FTS_TOKENIZER
-            self._tokenizer = self.conn.fts5_tokenizer(name, args)
+            name, args = FTS_TOKENIZER
+            self._tokenizer = self.conn.fts5_tokenizer(name, list(args))
         tokens = self._tokenizer(
             text.encode("utf-8"), apsw.FTS5_TOKENIZE_DOCUMENT, None,
             include_offsets=False, include_colocated=False,
