@@ -59,15 +59,9 @@ __all__ = [
     "Pipeline",
     "Searcher",
     "answer",
-    "answer_settings",
     "question_id",
     "retrieval_abstains",
 ]
-
-
-def answer_settings(settings: Settings) -> AnswerSettings:
-    """The settings' ``answer`` section (:class:`appliance.config.AnswerSettings`)."""
-    return settings.answer
 
 
 class Searcher(Protocol):
@@ -122,17 +116,16 @@ def answer(
     on_token: Callable[[str], None] | None = None,
     config: AnswerSettings | None = None,
     system_prompt: str | None = None,
-    reminder: str | None = None,
-    examples: Sequence[dict[str, str]] = (),
+    reminder: str = ANSWER_REMINDER,
 ) -> Answer:
     """Answer ``question`` in ``mode`` and return the Answer record of DESIGN.md.
 
     ``retriever`` is required for ``rag`` and ``hybrid``. ``on_token`` receives each
     generated text piece as it streams (nothing is streamed when retrieval evidence makes
     the pipeline abstain before generating). ``system_prompt`` overrides the mode's
-    default, ``reminder`` the instruction after the question and ``examples`` adds worked
-    turns after the system prompt (evaluation of prompt variants: ``scripts/tune_prompt.py``);
-    keep them fixed across questions so llama.cpp reuses its KV cache.
+    default and ``reminder`` the instruction after the question (evaluation of prompt
+    variants: ``scripts/tune_prompt.py``); keep them fixed across questions so llama.cpp
+    reuses its KV cache.
     """
     t0 = time.perf_counter()
     text = question.strip()
@@ -140,7 +133,7 @@ def answer(
         raise InputError("The question is empty; type a question.")
     if mode not in MODES:
         raise InputError(f"Unknown mode '{mode}'; use one of {', '.join(MODES)}.")
-    config = config or answer_settings(settings)
+    config = config or settings.answer
     timings = {"embed": 0.0, "search": 0.0, "prompt": 0.0, "generate": 0.0, "total": 0.0}
     record = Answer(
         id=id or question_id(text), question=text, answer="", abstained=False, citations=[],
@@ -171,7 +164,7 @@ def answer(
         prompt = build_rag_prompt(
             text, hits, count_tokens=generator.count_tokens, n_ctx=n_ctx,
             max_tokens=max_tokens, system_prompt=system_prompt or RAG_SYSTEM_PROMPT,
-            reminder=ANSWER_REMINDER if reminder is None else reminder, examples=examples,
+            reminder=reminder,
         )
         if prompt.dropped:
             record.flags.append(f"sources_dropped:{prompt.dropped}")
@@ -275,7 +268,7 @@ class Pipeline:
         loader: Callable[[str], Generator] | None = None,
     ) -> None:
         self.app = app
-        self.config = config or answer_settings(app.settings)
+        self.config = config or app.settings.answer
         self._loader = loader
         self._generators: dict[str, Generator] = {}
         self.loads = 0

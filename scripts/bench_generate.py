@@ -45,7 +45,7 @@ from appliance.config import load_settings  # noqa: E402
 from appliance.demo import SAMPLE_QUESTIONS, write_pydoc_corpus  # noqa: E402
 from appliance.embed import physical_cores  # noqa: E402
 from appliance.generate import build_rag_prompt, generator_id, load_generator  # noqa: E402
-from appliance.pipeline import Pipeline, answer_settings  # noqa: E402
+from appliance.pipeline import Pipeline  # noqa: E402
 
 
 def timed(pieces: Iterator[str]) -> tuple[str, float, float, float]:
@@ -107,7 +107,7 @@ def main() -> int:
                 n_batch=max(512, settings.generate.n_batch),
                 n_ubatch=max(512, settings.generate.n_batch), n_threads=threads,
                 n_threads_batch=threads, seed=settings.generate.seed, verbose=False)
-    hits = app.search(SAMPLE_QUESTIONS[0], kb="demo", k=answer_settings(settings).k).hits
+    hits = app.search(SAMPLE_QUESTIONS[0], kb="demo", k=settings.answer.k).hits
     prompt = build_rag_prompt(SAMPLE_QUESTIONS[0], hits, count_tokens=gen.count_tokens,
                               n_ctx=gen.n_ctx, max_tokens=args.max_tokens)
     results: dict[str, dict[str, list[float]]] = {

@@ -50,7 +50,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     from appliance.evaluate.squad import load_squad, split_articles
     from appliance.generate import load_generator
     from appliance.generate.prompt import ABSTAIN_SENTENCE, build_rag_prompt
-    from appliance.pipeline import answer_settings, retrieval_abstains
+    from appliance.pipeline import retrieval_abstains
 
     app = Appliance(load_settings(home=args.home) if args.home else None)
     dev, _ = split_articles(load_squad(args.squad))
@@ -65,7 +65,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     unanswerable = [q for q in questions if not q.answerable]
     rng.shuffle(answerable)
     rng.shuffle(unanswerable)
-    config = answer_settings(app.settings)
+    config = app.settings.answer
     gen: Any = load_generator(app.settings, app.registry, args.model)
     retriever = app.retriever(args.kb)
     first = gen.llm.tokenize(ABSTAIN_SENTENCE.encode(), add_bos=False, special=False)[0]

@@ -10,7 +10,7 @@ under ``--out``, so a rerun resumes. Tune here, on dev; report on the test split
 ``appliance eval``.
 
     APPLIANCE_HOME=DIR .venv/bin/python scripts/tune_prompt.py --kb squad-dev --limit 80 \\
-        --answerable-only --variants current,words,five,k2,shots --out /tmp/tune
+        --answerable-only --variants current,words,five,k2 --out /tmp/tune
 """
 
 from __future__ import annotations
@@ -35,31 +35,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "span": {"reminder": "Copy the shortest part of a source that answers the question."},
     "five": {"reminder": "Answer in at most five words taken from the sources."},
     "k2": {"k": 2},
-    "shots": {"examples": "spans"},
     "k5": {"k": 5},
 }
-
-_SHOT_SOURCES = (
-    '<source id="1" path="notes/moon.md" heading="Moon">\n'
-    "The Moon orbits Earth once every 27.3 days. Its surface is covered in dust called "
-    "regolith.\n</source>\n"
-    '<source id="2" path="notes/apollo.md" heading="Apollo 11">\n'
-    "Apollo 11 landed on the Moon on 20 July 1969. Neil Armstrong was the first person to "
-    "walk on its surface.\n</source>"
-)
-SPAN_SHOTS = tuple(
-    turn
-    for question, reply in (
-        ("Who was the first person to walk on the Moon's surface?", "Neil Armstrong [2]"),
-        ("How long does it take the Moon to go around Earth?", "27.3 days [1]"),
-    )
-    for turn in (
-        {"role": "user", "content": f"Sources:\n{_SHOT_SOURCES}\n\nQuestion: {question}\n\n"
-                                    "Answer with a short phrase taken from the sources."},
-        {"role": "assistant", "content": reply},
-    )
-)
-"""Worked turns whose answers are the shortest span of a source, never a restated sentence."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from appliance.evaluate.metrics import aggregate, score_answer
     from appliance.evaluate.runner import load_eval_set, prepare_squad_kb
     from appliance.generate import ANSWER_REMINDER, load_generator
-    from appliance.pipeline import answer, answer_settings
+    from appliance.pipeline import answer
 
     app = Appliance()
     eval_set = load_eval_set(args.squad, articles=args.articles,
@@ -97,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.kb not in app.list_kbs():
         prepare_squad_kb(app, eval_set, args.kb)
     retriever = app.retriever(args.kb)
-    config = answer_settings(app.settings)
+    config = app.settings.answer
     gen = load_generator(app.settings, app.registry, args.model)
     args.out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
@@ -108,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
         variant = VARIANTS[name]
         reminder = variant.get("reminder") or ANSWER_REMINDER
         cfg = config.model_copy(update={"k": variant.get("k", config.k)})
-        examples = SPAN_SHOTS if variant.get("examples") == "spans" else ()
         journal = args.out / f"{name}.jsonl"
         done: dict[str, dict[str, Any]] = {}
         if journal.exists():
@@ -121,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 rec = answer(item.question, generator=gen, settings=app.settings,
                              retriever=retriever, mode="rag", id=item.id, config=cfg,
-                             reminder=reminder, examples=examples)
+                             reminder=reminder)
                 values = {f.name: getattr(rec, f.name) for f in fields(rec)}
                 values["citations"] = [vars(c) for c in rec.citations]
                 values["closest"] = [vars(c) for c in rec.closest]

@@ -47,8 +47,8 @@ ANSWER_REMINDER = "Answer with a short phrase taken from the sources."
 the rules in the system prompt only, Qwen2.5-Coder-0.5B answered in long sentences; adding
 the abstain rule here made it reply with bare [n]). On 80 answerable SQuAD dev questions
 (``scripts/tune_prompt.py``) it scored token F1 0.383, against 0.369 for "only the words
-... not a sentence", 0.325 for "at most five words", 0.380 with two span-answer worked
-examples and 0.380 with two sources instead of three."""
+... not a sentence", 0.325 for "at most five words" and 0.380 with two sources instead of
+three."""
 
 BASE_SYSTEM_PROMPT = (
     "Answer the question briefly and accurately. "
