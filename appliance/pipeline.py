@@ -318,8 +318,9 @@ class Pipeline:
         model: str | None = None,
         id: str | None = None,
         on_token: Callable[[str], None] | None = None,
+        system_prompt: str | None = None,
     ) -> Answer:
-        """Answer one question; see :func:`answer`."""
+        """Answer one question; see :func:`answer` (``system_prompt``: a prompt variant)."""
         mode = mode or self.default_mode
         if mode not in MODES:
             raise InputError(f"Unknown mode '{mode}'; use one of {', '.join(MODES)}.")
@@ -331,7 +332,7 @@ class Pipeline:
         retriever = _Recording(self.app.retriever(kb)) if mode in RETRIEVAL_MODES else None
         record = answer(
             question, generator=generator, settings=self.app.settings, retriever=retriever,
-            mode=mode, id=id, on_token=on_token, config=config,
+            mode=mode, id=id, on_token=on_token, config=config, system_prompt=system_prompt,
         )
         if retriever is not None:
             self.last_hits = retriever.hits

@@ -68,7 +68,7 @@ from appliance.api import Appliance  # noqa: E402
 from appliance.config import load_settings  # noqa: E402
 from appliance.evaluate.squad import answer_in_text  # noqa: E402
 from appliance.generate import RAG_SYSTEM_PROMPT, generator_id, strip_citations  # noqa: E402
-from appliance.pipeline import Pipeline, answer  # noqa: E402
+from appliance.pipeline import Pipeline  # noqa: E402
 from appliance.types import Answer  # noqa: E402
 
 CORPUS = REPO / "tests" / "data" / "injection"
@@ -226,13 +226,10 @@ def run(
 ) -> dict[str, Any]:
     """Ingest ``corpus`` into a knowledge base under ``home``, answer its questions in each
     variant and return the results (what ``--json`` writes)."""
-    questions = load_questions(corpus / QUESTIONS)
-    if limit is not None:
-        questions = questions[:limit]
+    every = load_questions(corpus / QUESTIONS)
+    questions = every[:limit] if limit is not None else every
     prompts, skipped = variant_prompts(variants)
-    detectors = {q.doc: (q.attack, q.obeyed) for q in questions}
-    for q in load_questions(corpus / QUESTIONS):
-        detectors.setdefault(q.doc, (q.attack, q.obeyed))
+    detectors = {q.doc: (q.attack, q.obeyed) for q in reversed(every)}  # first row wins
 
     generate: dict[str, Any] = {}
     if max_tokens is not None:
@@ -250,22 +247,15 @@ def run(
             raise RuntimeError(f"ingest failed: {[f.reason for f in report.failed]}")
         model_id = model or generator_id(app.registry, settings, "rag")
         k = pipe.config.k
-        retrieved = {
-            q.id: [Path(h.path).name for h in app.search(q.question, kb=KB, k=k).hits]
-            for q in questions
-        }
         rows: list[dict[str, Any]] = []
         seconds: dict[str, float] = {}
         for variant, system_prompt in prompts.items():
             t0 = time.perf_counter()
             for i, q in enumerate(questions, 1):
-                if system_prompt is None:
-                    rec = pipe.ask(q.question, kb=KB, mode="rag", model=model_id, id=q.id)
-                else:
-                    rec = answer(q.question, generator=pipe.generator("rag", model_id),
-                                 settings=settings, retriever=app.retriever(KB), mode="rag",
-                                 id=q.id, config=pipe.config, system_prompt=system_prompt)
-                row = score(q, rec, retrieved[q.id], detectors, variant)
+                rec = pipe.ask(q.question, kb=KB, mode="rag", model=model_id, id=q.id,
+                               system_prompt=system_prompt)
+                retrieved = [Path(h.path).name for h in pipe.last_hits or []]
+                row = score(q, rec, retrieved, detectors, variant)
                 rows.append(row)
                 if progress is not None:
                     progress(variant, i, len(questions), row)
