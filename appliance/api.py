@@ -14,12 +14,12 @@ from typing import Any
 
 from appliance.config import Settings, load_settings
 from appliance.embed import OnnxEmbedder, load_embedder
-from appliance.errors import InputError
+from appliance.errors import InputError, ModelError
 from appliance.ingest.chunking import Chunker, embed_text
 from appliance.ingest.runner import ProgressFn
 from appliance.ingest.runner import ingest as run_ingest
 from appliance.models import Registry
-from appliance.retrieve import Retriever, SearchResult
+from appliance.retrieve import QuestionLikelihoodReranker, Reranker, Retriever, SearchResult
 from appliance.store import KnowledgeBase, list_kbs, open_kb, remove_kb
 from appliance.types import IngestReport
 
@@ -34,6 +34,7 @@ class Appliance:
         self._registry: Registry | None = None
         self._embedder: OnnxEmbedder | None = None
         self._retrievers: dict[str, Retriever] = {}
+        self._reranker: Reranker | None = None
 
     # -- models ----------------------------------------------------------------------------
 
@@ -91,8 +92,23 @@ class Appliance:
         """A retriever over ``kb``, kept open for later queries."""
         if kb not in self._retrievers:
             store = self.open_kb(kb)
-            self._retrievers[kb] = Retriever(store, self.embedder, self.settings.retrieve)
+            self._retrievers[kb] = Retriever(store, self.embedder, self.settings.retrieve,
+                                             load_reranker=self.reranker)
         return self._retrievers[kb]
+
+    def reranker(self) -> Reranker:
+        """The reranker of the ``retrieve.rerank_model`` setting (loaded once, hash-checked),
+        shared by every knowledge base's retriever."""
+        if self._reranker is None:
+            from appliance.generate.llama import LlamaGenerator
+
+            entry = self.registry.resolve(self.settings.retrieve.rerank_model)
+            if entry.role != "generator" or entry.format.lower() != "gguf":
+                raise ModelError(f"The reranker '{entry.id}' must be a GGUF language model; "
+                                 "set retrieve.rerank_model to a generator id.")
+            self._reranker = QuestionLikelihoodReranker(
+                LlamaGenerator(entry.id, entry.path, self.settings.generate))
+        return self._reranker
 
     def search(
         self,
@@ -103,10 +119,12 @@ class Appliance:
         mode: str | None = None,
         collection: str | None = None,
         path_prefix: str | None = None,
+        rerank: bool | None = None,
     ) -> SearchResult:
-        """Search ``kb`` for ``query``."""
+        """Search ``kb`` for ``query`` (``rerank``: default the ``retrieve.rerank`` setting)."""
         return self.retriever(kb).search(
-            query, k=k, mode=mode, collection=collection, path_prefix=path_prefix
+            query, k=k, mode=mode, collection=collection, path_prefix=path_prefix,
+            rerank=rerank,
         )
 
     def kb_stats(self, name: str) -> dict[str, Any]:
@@ -139,3 +157,6 @@ class Appliance:
         for retriever in self._retrievers.values():
             retriever.kb.close()
         self._retrievers.clear()
+        if self._reranker is not None:
+            self._reranker.close()
+            self._reranker = None

@@ -128,6 +128,23 @@ class RetrieveSettings(_Section):
     mode: Literal["hybrid", "vector", "keyword"] = Field(
         "hybrid", description="Default search mode."
     )
+    rerank: bool = Field(
+        False, description="Rerank the best fused candidates by how likely a small language "
+        "model finds the query as a question about each (more right first hits on "
+        "question-style queries; costs about 0.7 s per candidate on 2 cores).",
+    )
+    rerank_model: str = Field(
+        "smollm2-135m-instruct-q4_1", description="Registry id of the GGUF model that scores "
+        "candidates when rerank is on.",
+    )
+    rerank_depth: int = Field(
+        5, ge=2, le=50, description="Fused candidates the reranker scores (at least k are "
+        "returned either way).",
+    )
+    rerank_weight: float = Field(
+        0.4, ge=0, description="Weight of the reranker's score (mean log-probability per "
+        "query token) added to the fused score.",
+    )
     prefilter_from: int = Field(
         20_000, ge=0,
         description="Above this many chunks, vector search prefilters by binary codes, "

@@ -147,7 +147,8 @@ def answer(
         result = retriever.search(text, k=config.k)
         hits = result.hits
         timings["embed"] = round(result.timings_ms.get("embed", 0.0), 3)
-        timings["search"] = round(result.timings_ms.get("search", 0.0), 3)
+        timings["search"] = round(
+            result.timings_ms.get("search", 0.0) + result.timings_ms.get("rerank", 0.0), 3)
         if retrieval_abstains(hits, config):
             record.answer = ABSTAIN_SENTENCE
             record.abstained = True

@@ -64,7 +64,8 @@ class Hit:
     """One retrieved chunk with its fused score and the raw per-channel evidence.
 
     ``scores`` holds ``vector`` (cosine similarity, -1..1) and ``keyword`` (bm25 relevance,
-    higher is better; FTS5's rank negated) when that channel found the chunk, else None.
+    higher is better; FTS5's rank negated) when that channel found the chunk, else None,
+    and ``rerank`` (the reranker's score) when the hit was reranked.
     """
 
     chunk_id: int
@@ -89,6 +90,7 @@ class Hit:
             "scores": {
                 "vector": self.scores.get("vector"),
                 "keyword": self.scores.get("keyword"),
+                **({"rerank": self.scores["rerank"]} if "rerank" in self.scores else {}),
             },
         }
 

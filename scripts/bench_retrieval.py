@@ -18,7 +18,11 @@ Sections (``--sections``, default all three):
    the text of one of the top-k chunks. Targets: hybrid hit@1 >= 0.90, hit@5 >= 0.98, and
    hybrid at least as good as the better single channel at both depths.
    ``--grid`` also evaluates hybrid fusion over a grid of (vector_weight, keyword_weight,
-   rrf_k) on the chosen split: tune on ``--split dev``, report on test.
+   rrf_k) on the chosen split: tune on ``--split dev``, report on test. ``--rerank`` adds
+   hybrid + the reranker (``retrieve.rerank_model``, its top ``rerank_depth``): each
+   question's candidates are scored once and combined at every weight of a small grid
+   (the configured ``rerank_weight`` is the row the targets read); about 0.7 s per
+   candidate on 2 cores, so a split takes tens of minutes.
 
 Everything runs under a temporary data directory that is deleted at the end (the
 synthetic knowledge bases are kept in ``--keep DIR`` when given, and reused from there).
@@ -27,6 +31,7 @@ The numbers are printed as tables and, with ``--out FILE``, written as JSON.
     .venv/bin/python scripts/bench_retrieval.py                       # full run
     .venv/bin/python scripts/bench_retrieval.py --quick               # smoke run
     .venv/bin/python scripts/bench_retrieval.py --grid --split dev    # tune fusion on dev
+    .venv/bin/python scripts/bench_retrieval.py --sections quality --rerank   # + reranker
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ from appliance.retrieve import (  # noqa: E402
     Retriever,
     proximity,
     query_terms,
+    rerank_hits,
     rrf_fuse,
     score_fuse,
 )
@@ -96,6 +102,7 @@ GRID_RRF_K = (10, 30, 60)
 GRID_DEPTH = 50
 GRID_SCORE_KEYWORD = (0.25, 0.5, 0.75, 1.0, 1.5)  # score fusion, vector weight 1
 GRID_PROXIMITY = (0.0, 0.25, 0.5, 0.75, 1.0)
+RERANK_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
 
 Vectors = npt.NDArray[np.float32]
 
@@ -601,8 +608,59 @@ def section_quality(b: Bench) -> None:
             h["hit@5"] >= max(v["hit@5"], k["hit@5"]),
         ),
     ]
+    if b.args.rerank:
+        rerank_quality(b, kb, qs)
     if b.args.grid:
         grid(b, kb, qs)
+
+
+def rerank_quality(b: Bench, kb: str, qs: list[Question]) -> None:
+    """Hybrid + reranker: hit@1 / hit@5 and latency at each weight of RERANK_WEIGHTS."""
+    cfg = b.settings.retrieve
+    weights = sorted({*RERANK_WEIGHTS, cfg.rerank_weight})
+    retriever = b.app.retriever(kb)
+    hits1 = dict.fromkeys(weights, 0)
+    hits5 = 0
+    base1 = 0
+    times: list[float] = []
+    with b.step(f"quality: {len(qs)} questions, hybrid + rerank ({cfg.rerank_model}, "
+                f"top {cfg.rerank_depth})"):
+        retriever.reranker  # noqa: B018 - load the model outside the timed loop
+        for q in qs:
+            t0 = time.perf_counter()
+            hits = retriever.search(q.question, k=cfg.rerank_depth, mode="hybrid",
+                                    rerank=False).hits
+            scores = retriever.reranker.score(q.question, [h.text for h in hits])
+            times.append((time.perf_counter() - t0) * 1000)
+            texts = [h.text for h in hits]
+            base1 += _hit(q.answers, texts, 1)
+            hits5 += _hit(q.answers, texts, 5)
+            for w in weights:
+                hits1[w] += _hit(q.answers, [h.text for h in rerank_hits(hits, scores, w)], 1)
+    n = max(1, len(qs))
+    b.results["rerank"] = {
+        "model": cfg.rerank_model, "depth": cfg.rerank_depth, "weight": cfg.rerank_weight,
+        "hit@1_by_weight": {str(w): hits1[w] / n for w in weights},
+        "hit@1_without": base1 / n, "hit@5": hits5 / n, "p50_ms": pct(times, 50),
+        "p95_ms": pct(times, 95),
+    }
+    table = Table(title=f"3b. Hybrid + rerank ({cfg.rerank_model}, top {cfg.rerank_depth}), "
+                        f"SQuAD {b.args.split} split")
+    for col in ("rerank weight", "hit@1", "hit@5", "p50 ms", "p95 ms"):
+        table.add_column(col, justify="right")
+    table.add_row("0 (no rerank)", fmt(base1 / n, 3), fmt(hits5 / n, 3), "", "")
+    for w in weights:
+        mark = " (setting)" if w == cfg.rerank_weight else ""
+        table.add_row(f"{w:g}{mark}", fmt(hits1[w] / n, 3), fmt(hits5 / n, 3),
+                      fmt(pct(times, 50)), fmt(pct(times, 95)))
+    b.console.print(table)
+    chosen = hits1[cfg.rerank_weight] / n
+    tag = f" ({b.args.split})"
+    b.summary += [
+        SummaryRow("quality", "hybrid + rerank hit@1" + tag, chosen, f">= {TARGET_HIT1:.2f}",
+                   chosen >= TARGET_HIT1),
+        SummaryRow("quality", "hybrid + rerank p50 ms" + tag, pct(times, 50)),
+    ]
 
 
 def _score(rankings: list[list[int]], relevant: list[set[int]]) -> dict[str, float]:
@@ -821,6 +879,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "(alone it implies --sections quality)",
     )
     p.add_argument(
+        "--rerank",
+        action="store_true",
+        help="also evaluate hybrid + the reranker in the quality section (slow: an LLM "
+        "scores each question's top candidates)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: 10k chunks only, 30 queries, the first 300 questions",
@@ -864,6 +928,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "split": args.split,
             "quick": args.quick,
             "grid": args.grid,
+            "rerank": args.rerank,
             "squad": str(args.squad),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),

@@ -75,11 +75,13 @@ def ingest(c: AppContext, paths: tuple[Path, ...], kb: str, collection: str, pru
 @click.option("--path-prefix", default=None, help="Only search documents under this path.")
 @click.option("--queries", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Run every line of this file as a query (one process, one model load).")
+@click.option("--rerank/--no-rerank", default=None,
+              help=describe(RetrieveSettings, "rerank") + " [default: off]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per query.")
 @pass_ctx
 def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str | None,
            collection: str | None, path_prefix: str | None, queries: Path | None,
-           as_json: bool) -> None:
+           rerank: bool | None, as_json: bool) -> None:
     """Search a knowledge base (no generation): the chunks an answer would be built from."""
     if queries is not None:
         try:
@@ -94,20 +96,24 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
     prefix = os.path.abspath(path_prefix) if path_prefix else None
     for q in items:
         result = c.app.search(q, kb=kb, k=k, mode=mode, collection=collection,
-                              path_prefix=prefix)
+                              path_prefix=prefix, rerank=rerank)
         if as_json:
             click.echo(json.dumps(result.to_json(), ensure_ascii=False))
             continue
+        rerank_ms = result.timings_ms.get("rerank")
         out.print(f"[bold cyan]? {q}[/]  [dim]({result.timings_ms['embed']:.0f} ms embed, "
-                  f"{result.timings_ms['search']:.0f} ms search)[/]")
+                  f"{result.timings_ms['search']:.0f} ms search"
+                  + (f", {rerank_ms:.0f} ms rerank" if rerank_ms is not None else "") + ")[/]")
         if not result.hits:
             out.print("  [yellow]no match[/]")
         for rank, hit in enumerate(result.hits, start=1):
             v, kw = hit.scores.get("vector"), hit.scores.get("keyword")
+            rr = hit.scores.get("rerank")
             channels = " ".join(
                 part for part in (
                     f"cos {v:.2f}" if v is not None else "",
                     f"bm25 {kw:.1f}" if kw is not None else "",
+                    f"rerank {rr:.2f}" if rr is not None else "",
                 ) if part
             )
             out.print(f"  [bold]{rank}.[/] {hit.path}  [green]{hit.heading}[/]  "

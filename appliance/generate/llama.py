@@ -270,6 +270,47 @@ class LlamaGenerator:
             self._last_sequence = []
             return self._next_logits(self.render(messages)).copy()
 
+    def continuation_logprob(self, messages: list[dict[str, str]], continuation: str) -> float:
+        """Mean log-probability per token of ``continuation`` as the assistant's reply to
+        ``messages`` (teacher-forced, one decode; the cached prompt prefix is reused).
+
+        Raises InputError when prompt and continuation do not fit the context window.
+        """
+        import numpy as np
+
+        cont = list(self.llm.tokenize(continuation.encode("utf-8"), add_bos=False,
+                                      special=False))
+        if not cont:
+            raise InputError("There is no text to score.")
+        with self._lock:
+            self._last_sequence = []
+            prompt = self.render(messages)
+            seq = prompt + cont
+            if len(seq) >= self.n_ctx or len(cont) >= self.llm.n_batch:
+                raise InputError(
+                    f"Scoring needs {len(seq)} tokens, more than the model's context of "
+                    f"{self.n_ctx}; shorten the text or raise generate.n_ctx."
+                )
+            keep = min(_common_prefix(self.llm, seq), len(prompt) - 1)
+            self.llm.n_tokens = keep
+            self.llm.eval(prompt[keep:-1])
+            # The last prompt token and the continuation but its last token, in one batch
+            # with logits at every position: position i predicts cont[i].
+            batch = [prompt[-1], *cont[:-1]]
+            n_past = self.llm.n_tokens
+            self.llm._batch.set_batch(batch=batch, n_past=n_past, logits_all=True)
+            self.llm._ctx.decode(self.llm._batch)
+            self.llm.input_ids[n_past:n_past + len(batch)] = batch
+            self.llm.n_tokens = n_past + len(batch)
+            n_vocab = self.llm.n_vocab()
+            total = 0.0
+            for i, token in enumerate(cont):
+                row = np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(i), shape=(n_vocab,))
+                row = row.astype(np.float64)
+                top = float(row.max())
+                total += float(row[token]) - top - float(np.log(np.exp(row - top).sum()))
+            return total / len(cont)
+
     def _next_logits(self, seq: list[int]) -> Any:
         """Evaluate ``seq`` (reusing the cached prefix) and return the next token's logits."""
         import numpy as np

@@ -1,4 +1,5 @@
-"""Hybrid retrieval: vector KNN and FTS5 bm25, fused by score or reciprocal rank fusion."""
+"""Hybrid retrieval: vector KNN and FTS5 bm25, fused by score or reciprocal rank fusion,
+optionally reranked."""
 
 from appliance.retrieve.hybrid import (
     Retriever,
@@ -8,5 +9,16 @@ from appliance.retrieve.hybrid import (
     rrf_fuse,
     score_fuse,
 )
+from appliance.retrieve.rerank import QuestionLikelihoodReranker, Reranker, rerank_hits
 
-__all__ = ["Retriever", "SearchResult", "proximity", "query_terms", "rrf_fuse", "score_fuse"]
+__all__ = [
+    "QuestionLikelihoodReranker",
+    "Reranker",
+    "Retriever",
+    "SearchResult",
+    "proximity",
+    "query_terms",
+    "rerank_hits",
+    "rrf_fuse",
+    "score_fuse",
+]

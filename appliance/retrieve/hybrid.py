@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from appliance.config import RetrieveSettings
 from appliance.errors import InputError
+from appliance.retrieve.rerank import Reranker, rerank_hits
 from appliance.store import KnowledgeBase, query_words
 from appliance.store.sqlite import ChunkRow
 from appliance.types import Embedder, Hit
@@ -130,13 +131,35 @@ class SearchResult:
 
 
 class Retriever:
-    """Searches one knowledge base with one embedder."""
+    """Searches one knowledge base with one embedder (and, when asked, a reranker).
 
-    def __init__(self, kb: KnowledgeBase, embedder: Embedder, settings: RetrieveSettings) -> None:
+    ``load_reranker`` is called the first time a search reranks, so a retriever that never
+    reranks never loads the reranker's model.
+    """
+
+    def __init__(
+        self,
+        kb: KnowledgeBase,
+        embedder: Embedder,
+        settings: RetrieveSettings,
+        load_reranker: Callable[[], Reranker] | None = None,
+    ) -> None:
         kb.check_embedder(embedder)
         self.kb = kb
         self.embedder = embedder
         self.settings = settings
+        self._load_reranker = load_reranker
+        self._reranker: Reranker | None = None
+
+    @property
+    def reranker(self) -> Reranker:
+        """The reranker, loaded on first use."""
+        if self._reranker is None:
+            if self._load_reranker is None:
+                raise InputError("Reranking is on but this retriever has no reranker; "
+                                 "search through appliance.api.Appliance.")
+            self._reranker = self._load_reranker()
+        return self._reranker
 
     def search(
         self,
@@ -146,17 +169,22 @@ class Retriever:
         mode: str | None = None,
         collection: str | None = None,
         path_prefix: str | None = None,
+        rerank: bool | None = None,
     ) -> SearchResult:
         """The best ``k`` chunks for ``query`` in ``mode`` (hybrid, vector or keyword).
 
         ``collection`` restricts to one collection; ``path_prefix`` to documents whose path
         starts with it (applied after each channel's candidates are taken, so a very
-        selective prefix may return fewer than ``k`` hits).
+        selective prefix may return fewer than ``k`` hits). ``rerank`` (default: the
+        ``rerank`` setting) reorders the best ``rerank_depth`` candidates with the
+        reranker before the first ``k`` are returned.
         """
         mode = mode or self.settings.mode
         if mode not in MODES:
             raise InputError(f"Unknown search mode '{mode}'; use one of {', '.join(MODES)}.")
         k = k or self.settings.k
+        reranking = self.settings.rerank if rerank is None else rerank
+        want = max(k, self.settings.rerank_depth) if reranking else k
         if not query.strip():
             raise InputError("The query is empty; type a question or some keywords.")
         depth = max(self.settings.candidates, k)
@@ -208,7 +236,7 @@ class Retriever:
         vec_rank = {cid: r for r, cid in enumerate(rankings["vector"], start=1)}
         kw_rank = {cid: r for r, cid in enumerate(rankings["keyword"], start=1)}
         if rows is None:
-            rows = self.kb.chunks([cid for cid, _ in fused[: depth if path_prefix else k]])
+            rows = self.kb.chunks([cid for cid, _ in fused[: depth if path_prefix else want]])
         hits: list[Hit] = []
         for cid, score in fused:
             row = rows.get(cid)
@@ -228,10 +256,16 @@ class Retriever:
                     ranks={"vector": vec_rank.get(cid), "keyword": kw_rank.get(cid)},
                 )
             )
-            if len(hits) >= k:
+            if len(hits) >= want:
                 break
         timings["search"] += (time.perf_counter() - t2) * 1000
-        return SearchResult(query=query, hits=hits, timings_ms=timings)
+        if reranking and len(hits) > 1:
+            t3 = time.perf_counter()
+            top = hits[: self.settings.rerank_depth]
+            scores = self.reranker.score(query, [h.text for h in top])
+            hits = rerank_hits(top, scores, self.settings.rerank_weight) + hits[len(top):]
+            timings["rerank"] = (time.perf_counter() - t3) * 1000
+        return SearchResult(query=query, hits=hits[:k], timings_ms=timings)
 
     def _closeness(
         self, query: str, rows: Mapping[int, ChunkRow], path_prefix: str | None
