@@ -67,8 +67,9 @@ __all__ = [
 class Searcher(Protocol):
     """What :func:`answer` needs of a retriever (``appliance.retrieve.Retriever`` fits)."""
 
-    def search(self, query: str, *, k: int | None = None) -> SearchResult:
-        """The best ``k`` hits for ``query``."""
+    def search(self, query: str, *, k: int | None = None, rerank: bool | None = None
+               ) -> SearchResult:
+        """The best ``k`` hits for ``query`` (``rerank``: reorder them with the reranker)."""
         ...
 
 
@@ -144,7 +145,7 @@ def answer(
     if mode in RETRIEVAL_MODES:
         if retriever is None:
             raise InputError(f"Mode '{mode}' needs a knowledge base to retrieve from.")
-        result = retriever.search(text, k=config.k)
+        result = retriever.search(text, k=config.k, rerank=config.rerank)
         hits = result.hits
         timings["embed"] = round(result.timings_ms.get("embed", 0.0), 3)
         timings["search"] = round(
@@ -247,8 +248,9 @@ class _Recording:
         self.inner = inner
         self.hits: list[Hit] | None = None
 
-    def search(self, query: str, *, k: int | None = None) -> SearchResult:
-        result = self.inner.search(query, k=k)
+    def search(self, query: str, *, k: int | None = None, rerank: bool | None = None
+               ) -> SearchResult:
+        result = self.inner.search(query, k=k, rerank=rerank)
         self.hits = list(result.hits)
         return result
 

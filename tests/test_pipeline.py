@@ -32,10 +32,14 @@ class FakeSearcher:
     def __init__(self, hits: list[Hit]) -> None:
         self.hits = hits
         self.queries: list[str] = []
+        self.reranks: list[bool | None] = []
 
-    def search(self, query: str, *, k: int | None = None) -> SearchResult:
+    def search(self, query: str, *, k: int | None = None, rerank: bool | None = None
+               ) -> SearchResult:
         self.queries.append(query)
-        return SearchResult(query, self.hits[: k or 5], {"embed": 1.5, "search": 0.5})
+        self.reranks.append(rerank)
+        timings = {"embed": 1.5, "search": 0.5} | ({"rerank": 2.0} if rerank else {})
+        return SearchResult(query, self.hits[: k or 5], timings)
 
 
 def hit(i: int, vector: float | None = 0.6, keyword: float | None = 5.0, text: str = "") -> Hit:
@@ -75,6 +79,16 @@ def test_rag_answer_record(settings: Settings) -> None:
     json.dumps(data)  # JSON-ready
     user = gen.calls[0][-1]["content"]
     assert '<source id="3"' in user and "Question: Why is the sky blue?" in user
+
+
+def test_answer_reranks_only_when_the_answer_setting_says_so(settings: Settings) -> None:
+    searcher = FakeSearcher([hit(1), hit(2)])
+    answer("Why?", generator=FakeGenerator("Blue [1]."), settings=settings, retriever=searcher,
+           mode="rag", config=CONFIG)
+    rec = answer("Why?", generator=FakeGenerator("Blue [1]."), settings=settings,
+                 retriever=searcher, mode="rag", config=CONFIG.model_copy(update={"rerank": True}))
+    assert searcher.reranks == [False, True]
+    assert rec.timings_ms["search"] == 2.5  # reranking is search time in the record
 
 
 def test_prompt_variants_override_system_prompt_and_reminder(settings: Settings) -> None:
