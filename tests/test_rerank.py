@@ -103,6 +103,32 @@ def test_rerank_without_a_reranker_is_a_clear_error(kb) -> None:
         retriever.search("statement words")
 
 
+class PickyScorer:
+    """Scores by text length; cannot score texts containing 'huge' (as a too-long one)."""
+
+    id = "picky"
+
+    def continuation_logprob(self, messages: list[dict[str, str]], continuation: str
+                             ) -> float:
+        text = messages[0]["content"]
+        if "huge" in text:
+            raise InputError("does not fit")
+        assert continuation == continuation.strip() and len(continuation) <= 1000
+        return -float(len(text))
+
+    def close(self) -> None:
+        pass
+
+
+def test_question_likelihood_reranker_survives_a_passage_it_cannot_score() -> None:
+    reranker = QuestionLikelihoodReranker(PickyScorer())
+    scores = reranker.score("  q" * 600, ["short", "a huge one", "longer text"])
+    assert scores[1] == min(scores[0], scores[2]) == scores[2]
+    assert reranker.score("q", ["huge"]) == [0.0]
+    with pytest.raises(InputError):
+        reranker.score("   ", ["short"])
+
+
 # -- the real reranker -----------------------------------------------------------------------
 
 

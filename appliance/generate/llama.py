@@ -286,10 +286,15 @@ class LlamaGenerator:
             self._last_sequence = []
             prompt = self.render(messages)
             seq = prompt + cont
-            if len(seq) >= self.n_ctx or len(cont) >= self.llm.n_batch:
+            if len(seq) >= self.n_ctx:
                 raise InputError(
                     f"Scoring needs {len(seq)} tokens, more than the model's context of "
                     f"{self.n_ctx}; shorten the text or raise generate.n_ctx."
+                )
+            if len(cont) >= self.llm.n_batch:
+                raise InputError(
+                    f"The text to score takes {len(cont)} tokens; at most "
+                    f"{self.llm.n_batch - 1} are scored in one pass, so shorten it."
                 )
             keep = min(_common_prefix(self.llm, seq), len(prompt) - 1)
             self.llm.n_tokens = keep

@@ -17,12 +17,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Protocol
 
+from appliance.errors import InputError
 from appliance.types import Hit
 
 __all__ = ["QuestionLikelihoodReranker", "Reranker", "SequenceScorer", "rerank_hits"]
 
 UPR_INSTRUCTION = "Write a question that this passage answers."
 MAX_PASSAGE_CHARS = 4000
+MAX_QUERY_CHARS = 1000
 
 
 class Reranker(ABC):
@@ -66,15 +68,26 @@ class QuestionLikelihoodReranker(Reranker):
         return self.model.id
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        """The query's mean token log-probability after each passage."""
-        return [
-            self.model.continuation_logprob(
-                [{"role": "user",
-                  "content": f"Passage: {text[:MAX_PASSAGE_CHARS]}\n\n{UPR_INSTRUCTION}"}],
-                query.strip(),
-            )
-            for text in texts
-        ]
+        """The query's mean token log-probability after each passage.
+
+        A passage the model cannot score (it does not fit the context window) gets the
+        lowest score of the others, so it keeps its place only on fused score. Raises
+        InputError for an empty query.
+        """
+        query = query.strip()[:MAX_QUERY_CHARS]
+        if not query:
+            raise InputError("There is no query to rerank for.")
+        scores: list[float | None] = []
+        for text in texts:
+            messages = [{"role": "user",
+                         "content": f"Passage: {text[:MAX_PASSAGE_CHARS]}\n\n{UPR_INSTRUCTION}"}]
+            try:
+                scores.append(self.model.continuation_logprob(messages, query))
+            except InputError:
+                scores.append(None)
+        known = [s for s in scores if s is not None]
+        floor = min(known) if known else 0.0
+        return [floor if s is None else s for s in scores]
 
     def close(self) -> None:
         """Free the model."""
