@@ -160,11 +160,12 @@ def test_question_likelihood_reranker_prefers_the_passage_that_answers() -> None
     assert app._reranker is None  # close() freed it
 
 
-def test_cli_search_rerank_on_the_demo_kb(demo_kb, shared_home: Path) -> None:
+def test_cli_search_rerank_on_the_demo_kb_offline(demo_kb, shared_home: Path) -> None:
     import json
 
     proc = run_cli("search", "how does the with statement call __exit__", "--kb", "demo",
-                   "--rerank", "--k", "3", "--json", home=shared_home, check=True)
+                   "--rerank", "--k", "3", "--json", home=shared_home, check=True,
+                   prefix=("unshare", "-rn"))  # and with no network
     result = json.loads(proc.stdout)
     assert len(result["hits"]) == 3
     assert all("rerank" in h["scores"] for h in result["hits"])
