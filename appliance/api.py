@@ -14,7 +14,7 @@ from typing import Any
 
 from appliance.config import Settings, load_settings
 from appliance.embed import OnnxEmbedder, load_embedder
-from appliance.errors import InputError, ModelError
+from appliance.errors import InputError
 from appliance.ingest.chunking import Chunker, embed_text
 from appliance.ingest.runner import ProgressFn
 from appliance.ingest.runner import ingest as run_ingest
@@ -100,14 +100,10 @@ class Appliance:
         """The reranker of the ``retrieve.rerank_model`` setting (loaded once, hash-checked),
         shared by every knowledge base's retriever."""
         if self._reranker is None:
-            from appliance.generate.llama import LlamaGenerator
+            from appliance.generate import load_generator
 
-            entry = self.registry.resolve(self.settings.retrieve.rerank_model)
-            if entry.role != "generator" or entry.format.lower() != "gguf":
-                raise ModelError(f"The reranker '{entry.id}' must be a GGUF language model; "
-                                 "set retrieve.rerank_model to a generator id.")
-            self._reranker = QuestionLikelihoodReranker(
-                LlamaGenerator(entry.id, entry.path, self.settings.generate))
+            self._reranker = QuestionLikelihoodReranker(load_generator(
+                self.settings, self.registry, self.settings.retrieve.rerank_model))
         return self._reranker
 
     def search(

@@ -296,9 +296,7 @@ class LlamaGenerator:
                     f"The text to score takes {len(cont)} tokens; at most "
                     f"{self.llm.n_batch - 1} are scored in one pass, so shorten it."
                 )
-            keep = min(_common_prefix(self.llm, seq), len(prompt) - 1)
-            self.llm.n_tokens = keep
-            self.llm.eval(prompt[keep:-1])
+            self._prefill(prompt[:-1])
             # The last prompt token and the continuation but its last token, in one batch
             # with logits at every position: position i predicts cont[i].
             batch = [prompt[-1], *cont[:-1]]
@@ -320,10 +318,15 @@ class LlamaGenerator:
         """Evaluate ``seq`` (reusing the cached prefix) and return the next token's logits."""
         import numpy as np
 
+        self._prefill(seq)
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),))
+
+    def _prefill(self, seq: list[int]) -> None:
+        """Bring the KV cache to ``seq``: keep its cached prefix, evaluate the rest (at least
+        the last token, so its logits are fresh)."""
         keep = min(_common_prefix(self.llm, seq), len(seq) - 1)
         self.llm.n_tokens = keep
         self.llm.eval(seq[keep:])
-        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),))
 
     # -- lifetime ----------------------------------------------------------------------------
 

@@ -133,8 +133,8 @@ class SearchResult:
 class Retriever:
     """Searches one knowledge base with one embedder (and, when asked, a reranker).
 
-    ``load_reranker`` is called the first time a search reranks, so a retriever that never
-    reranks never loads the reranker's model.
+    ``load_reranker`` is called each time a search reranks (it owns caching: ``Appliance.
+    reranker`` loads its model once), so a retriever that never reranks loads nothing.
     """
 
     def __init__(
@@ -149,17 +149,14 @@ class Retriever:
         self.embedder = embedder
         self.settings = settings
         self._load_reranker = load_reranker
-        self._reranker: Reranker | None = None
 
     @property
     def reranker(self) -> Reranker:
-        """The reranker, loaded on first use."""
-        if self._reranker is None:
-            if self._load_reranker is None:
-                raise InputError("Reranking is on but this retriever has no reranker; "
-                                 "search through appliance.api.Appliance.")
-            self._reranker = self._load_reranker()
-        return self._reranker
+        """The reranker (from ``load_reranker``)."""
+        if self._load_reranker is None:
+            raise InputError("Reranking is on but this retriever has no reranker; "
+                             "search through appliance.api.Appliance.")
+        return self._load_reranker()
 
     def search(
         self,
