@@ -203,3 +203,16 @@ def test_migration_adds_binary_codes_to_a_version_1_file(tmp_path: Path) -> None
     assert reopened.meta()["schema_version"] == str(SCHEMA_VERSION)
     assert reopened.count("chunks_bin") == 2 and reopened.check() == []
     reopened.close()
+
+
+def test_fts_table_uses_the_tokenizer_that_terms_match_with(tmp_path: Path) -> None:
+    from appliance.store.schema import FTS_TOKENIZE
+
+    kb = KnowledgeBase(tmp_path / "t.sqlite", create=True)
+    try:
+        sql = kb.conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'chunks_fts'").fetchone()[0]
+        assert f"tokenize='{FTS_TOKENIZE}'" in sql
+        assert kb.terms("Running Cafés") == ["run", "cafe"]
+    finally:
+        kb.close()
