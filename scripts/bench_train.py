@@ -14,6 +14,11 @@ give), it runs ``appliance train``'s chain in a private data directory and repor
     .venv/bin/python scripts/bench_train.py                      # 0.5B default base
     .venv/bin/python scripts/bench_train.py --base smollm2-135m-instruct-q4_1 --examples 16
     .venv/bin/python scripts/bench_train.py --device cuda        # on a GPU machine
+    .venv/bin/python scripts/bench_train.py --compare-precision  # fp32 vs bf16 training
+
+``--compare-precision`` trains the same examples once in float32 and once with bf16
+autocast (training only, no export) and prints seconds per example, training tokens/s,
+the losses and the ratio against float32 measured in the same run.
 
 Prints a rich table; ``--json`` prints the numbers instead.
 """
@@ -121,6 +126,46 @@ def tokens_per_s(gguf: Path, n_tokens: int, threads: int) -> float:
     return rate
 
 
+def compare_precision(data: Path, base_id: str, settings: Any, registry: Any, config: Any,
+                      args: argparse.Namespace, threads: int) -> int:
+    """Train the same examples in fp32 and in bf16; print cost, losses and the ratio."""
+    from appliance.train.config import RunOptions
+    from appliance.train.lora import resolve_base, train_lora
+
+    spec = resolve_base(base_id, registry)
+    rows: dict[str, dict[str, Any]] = {}
+    for precision in ("fp32", "bf16"):
+        result = train_lora(data, spec, f"bench-{precision}-{int(time.time())}", config,
+                            settings, RunOptions(device=args.device, threads=threads,
+                                                 precision=precision, save_every=1000,
+                                                 resume=False))
+        m = result.metrics
+        rows[precision] = {"seconds_per_example": m.get("seconds_per_example"),
+                           "train_tokens_per_s": m.get("tokens_per_s"),
+                           "train_loss": m.get("train_loss"), "val_loss": m.get("val_loss"),
+                           "precision_used": m.get("precision"), "device": m.get("device")}
+    fp32 = rows["fp32"]["seconds_per_example"] or 0.0
+    for row in rows.values():
+        spe = row["seconds_per_example"]
+        row["speedup_vs_fp32"] = round(fp32 / spe, 2) if spe and fp32 else None
+    numbers = {"base": base_id, "threads": threads, "load_average": round(os.getloadavg()[0], 2),
+               "rows": rows}
+    if args.json:
+        print(json.dumps(numbers, indent=2))
+        return 0
+    table = Table(title=f"Training precision, {base_id} ({rows['fp32']['device']}, {threads} "
+                        f"threads, load {numbers['load_average']})")
+    for col in ("precision", "s / example", "tokens / s", "train loss", "val loss",
+                "speed-up vs fp32"):
+        table.add_column(col, justify="right" if col != "precision" else "left")
+    for name, row in rows.items():
+        table.add_row(f"{name} ({row['precision_used']})", str(row["seconds_per_example"]),
+                      str(row["train_tokens_per_s"]), str(row["train_loss"]),
+                      str(row["val_loss"]), f"{row['speedup_vs_fp32']}x")
+    Console().print(table)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default=None, help="base model id [default answer model]")
@@ -135,6 +180,9 @@ def main() -> int:
     parser.add_argument("--quant", default="q8_0", choices=["q8_0", "q4_k_m", "f16"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=0, help="0: the idle cores")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--compare-precision", action="store_true",
+                        help="train only, in fp32 and in bf16, and compare")
     parser.add_argument("--gen-tokens", type=int, default=64)
     parser.add_argument("--home", type=Path, default=None, help="data directory [a temp one]")
     parser.add_argument("--seed", type=int, default=0)
@@ -166,12 +214,14 @@ def main() -> int:
     config = TrainConfig(r=args.rank, lora_alpha=2 * args.rank, epochs=args.epochs,
                          grad_accum=args.grad_accum, val_split=val_split, quant=args.quant,
                          max_len=4096, seed=args.seed)
+    if args.compare_precision:
+        return compare_precision(data, base_id, settings, registry, config, args, threads)
     out_id = f"bench-{int(time.time())}"
     t0 = time.perf_counter()
     with PeakMemory() as mem:
         result = fine_tune(data, base_id, settings, registry, out_id=out_id, config=config,
                            options=RunOptions(device=args.device, threads=threads,
-                                              save_every=1000),
+                                              precision=args.precision, save_every=1000),
                            force=True)
     wall = time.perf_counter() - t0
     assert result.entry is not None
@@ -181,6 +231,7 @@ def main() -> int:
     numbers: dict[str, Any] = {
         "base": base_id,
         "device": m.get("device"),
+        "precision": m.get("precision"),
         "threads": threads,
         "load_average": round(os.getloadavg()[0], 2),
         "examples_trained": m.get("train_examples"),
@@ -200,7 +251,8 @@ def main() -> int:
         print(json.dumps(numbers, indent=2))
         return 0
     table = Table(title=f"Fine-tuning {base_id} on {m.get('train_examples')} examples "
-                        f"({numbers['device']}, {threads} threads, load {numbers['load_average']})")
+                        f"({numbers['device']}, {numbers['precision']}, {threads} threads, "
+                        f"load {numbers['load_average']})")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("load + train (s)", f"{result.seconds.get('train', 0):.1f}")

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from appliance.config import load_settings
+from appliance.errors import InputError
 from appliance.evaluate.squad import Article, Paragraph, Question, answer_in_text
 from appliance.generate.prompt import ABSTAIN_SENTENCE, build_rag_prompt
 from appliance.models import Registry
@@ -149,8 +150,6 @@ def test_too_long_by_chars_and_by_tokens(tmp_path: Path) -> None:
 
 
 def test_missing_file_and_empty_file(tmp_path: Path) -> None:
-    from appliance.errors import InputError
-
     with pytest.raises(InputError, match="Cannot read"):
         validate_chat_jsonl(tmp_path / "nope.jsonl")
     (tmp_path / "empty.jsonl").write_text("\n\n", encoding="utf-8")
@@ -193,6 +192,24 @@ def test_config_validates_and_round_trips(tmp_path: Path) -> None:
         TrainConfig.from_dict({"rank": 3})
     with pytest.raises(TrainConfigError):
         RunOptions(save_every=0)
+    with pytest.raises(TrainConfigError, match="precision"):
+        RunOptions(precision="fp16")
+    assert RunOptions().precision == "auto"
+
+
+def test_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.train import lora
+
+    monkeypatch.setattr(lora, "cpu_has_bf16", lambda: True)
+    assert lora._precision("cpu", "auto") == "bf16"
+    assert lora._precision("cpu", "fp32") == "fp32"
+    monkeypatch.setattr(lora, "cpu_has_bf16", lambda: False)
+    assert lora._precision("cpu", "auto") == "fp32"
+    assert lora._precision("cpu", "bf16") == "bf16"  # asked for: emulated, but honoured
+    flags = Path("/proc/cpuinfo").read_text(errors="replace") if Path("/proc/cpuinfo").is_file() \
+        else ""
+    monkeypatch.undo()
+    assert lora.cpu_has_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
 def test_default_out_id() -> None:
@@ -362,6 +379,28 @@ def test_grounded_examples_use_the_pipeline_prompt(tmp_path: Path) -> None:
                                                                        abstain_share=0.5,
                                                                        hard_negative_share=0.25))
     assert report_2[0] == examples  # seeded
+
+
+def test_grounded_hold_out_keeps_questions_out_of_every_example(tmp_path: Path) -> None:
+    articles = _squad()
+    finder = SquadSources(articles, tmp_path / "corpus")
+    options = GroundedOptions(sources=2, abstain_share=0.5, hard_negative_share=0.0, seed=3)
+    full, _ = build_grounded(articles, finder, words, options)
+    held, report = build_grounded(articles, finder, words,
+                                  GroundedOptions(**{**options.__dict__, "hold_out": 1}))
+    assert report.held_out_questions == 1
+
+    def asked(examples: list[dict[str, Any]]) -> set[str]:
+        return {e["messages"][-2]["content"].split("Question: ", 1)[1].split("\n", 1)[0]
+                for e in examples}
+
+    answerable = {q.question for a in articles for q in a.questions if q.answerable}
+    missing = (asked(full) - asked(held)) & answerable
+    assert len(missing) == 1  # exactly one answerable question left out, nowhere used
+    assert build_grounded(articles, finder, words,
+                          GroundedOptions(**{**options.__dict__, "hold_out": 1}))[0] == held
+    with pytest.raises(InputError, match="hold-out"):
+        GroundedOptions(hold_out=-1)
 
 
 def test_grounded_drops_held_out_sources(tmp_path: Path) -> None:

@@ -94,6 +94,10 @@ def test_train_merge_export_register_and_parity(tmp_path: Path) -> None:
     assert lineage["data"]["sha256"] == result.lineage["data"]["sha256"]
     assert lineage["lora"]["r"] == 8 and lineage["lora"]["quant"] == "q8_0"
     assert lineage["metrics"]["val_loss"] is not None and lineage["metrics"]["steps"] == 3
+    from appliance.train.lora import cpu_has_bf16
+
+    if lineage["metrics"]["device"] == "cpu":  # auto: bf16 only where the CPU has it
+        assert lineage["metrics"]["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
     assert lineage["parity"]["passed"] is True
     listed = run_cli("models", "list", "--json", home=home, check=True)
     mine = next(e for e in json.loads(listed.stdout) if e["id"] == "capitals-q8")

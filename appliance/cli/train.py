@@ -20,7 +20,7 @@ from rich.table import Table
 from appliance.cli._base import AppContext, cli, err, out, pass_ctx, progress_bar
 from appliance.cli.commands import models
 from appliance.errors import InputError
-from appliance.train.config import QUANT_TYPES, RunOptions, TrainConfig
+from appliance.train.config import PRECISIONS, QUANT_TYPES, RunOptions, TrainConfig
 from appliance.train.data import KIND_LABELS, DataReport, validate_chat_jsonl
 
 _D = TrainConfig()
@@ -76,6 +76,10 @@ def _print_report(report: DataReport, limit: int = 20) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="auto: CUDA when present, else CPU.")
 @click.option("--threads", type=int, default=0, help="CPU threads for torch (0: default).")
+@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="auto",
+              show_default=True,
+              help="bf16: autocast matrix products to bfloat16 (weights stay float32); auto: "
+                   "bf16 where the GPU or CPU computes it natively (AVX512-BF16, AMX).")
 @click.option("--force", is_flag=True,
               help="Replace an existing model with this id; register even if parity fails.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
@@ -88,7 +92,7 @@ def _print_report(report: DataReport, limit: int = 20) -> None:
 def train(c: AppContext, data: Path, base: str, out_id: str | None, epochs: int, lr: float,
           rank: int, alpha: int, dropout: float, max_len: int, val_split: float, quant: str,
           layers: int, batch_size: int, grad_accum: int, max_steps: int, seed: int, save_every: int,
-          device: str, threads: int, force: bool, resume: bool, adapter_gguf: bool,
+          device: str, threads: int, precision: str, force: bool, resume: bool, adapter_gguf: bool,
           as_json: bool) -> None:
     """Fine-tune a LoRA adapter on chat JSONL DATA and register the merged GGUF.
 
@@ -109,7 +113,8 @@ def train(c: AppContext, data: Path, base: str, out_id: str | None, epochs: int,
                          learning_rate=lr, batch_size=batch_size, grad_accum=grad_accum,
                          max_len=max_len, val_split=val_split, seed=seed, max_steps=max_steps,
                          quant=quant, layers=layers)
-    options = RunOptions(save_every=save_every, resume=resume, device=device, threads=threads)
+    options = RunOptions(save_every=save_every, resume=resume, device=device, threads=threads,
+                         precision=precision)
     counts = report.counts()
     err.print(f"[bold]data[/] {data}: {counts['examples']} examples, {counts['assistant']} "
               f"assistant turns")
@@ -193,11 +198,14 @@ def train_data_check(data: Path, as_json: bool) -> None:
 @click.option("--hard-negatives", type=float, default=0.2, show_default=True,
               help="Share of answerable questions turned into hard negatives.")
 @click.option("--limit", type=int, default=0, help="Most examples (0: all).")
+@click.option("--hold-out", type=int, default=0, show_default=True,
+              help="Answerable questions kept out of every example, for calibrating the "
+                   "abstention margin on questions the model never saw.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @pass_ctx
 def train_data_grounded(c: AppContext, output: Path, squad: Path, split: str, kb: str | None,
                         model_id: str | None, sources: int, abstain_share: float,
-                        hard_negatives: float, limit: int, seed: int) -> None:
+                        hard_negatives: float, limit: int, hold_out: int, seed: int) -> None:
     """Build chat examples that teach answering from numbered sources with [n] citations,
     and abstaining when the sources lack the answer.
 
@@ -225,7 +233,7 @@ def train_data_grounded(c: AppContext, output: Path, squad: Path, split: str, kb
     settings = c.app.settings
     options = GroundedOptions(sources=sources, abstain_share=abstain_share,
                               hard_negative_share=hard_negatives, limit=limit, seed=seed,
-                              n_ctx=settings.generate.n_ctx,
+                              hold_out=hold_out, n_ctx=settings.generate.n_ctx,
                               max_tokens=settings.generate.max_tokens)
     count_tokens = _token_counter(c, model_id)
     if kb:
@@ -254,6 +262,8 @@ def train_data_grounded(c: AppContext, output: Path, squad: Path, split: str, kb
     if kb:
         table.add_row("abstain: not retrieved", str(report.abstain_not_retrieved))
     table.add_row("skipped", str(report.skipped))
+    if report.held_out_questions:
+        table.add_row("questions held out", str(report.held_out_questions))
     table.add_row("articles", ", ".join(report.articles))
     table.add_row("held out", ", ".join(report.held_out) or "none")
     out.print(table)

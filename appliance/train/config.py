@@ -17,10 +17,13 @@ from typing import Any
 
 from appliance.train.errors import TrainConfigError
 
-__all__ = ["QUANT_TYPES", "RunOptions", "TrainConfig"]
+__all__ = ["PRECISIONS", "QUANT_TYPES", "RunOptions", "TrainConfig"]
 
 QUANT_TYPES = ("q8_0", "q4_k_m", "f16")
 """GGUF types an export can produce."""
+
+PRECISIONS = ("auto", "fp32", "bf16")
+"""Training arithmetic choices (:attr:`RunOptions.precision`)."""
 
 DEFAULT_TARGET_MODULES = (
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
@@ -182,6 +185,11 @@ class RunOptions:
     """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``."""
     threads: int = 0
     """CPU threads for torch (0: torch's default)."""
+    precision: str = "auto"
+    """Matrix arithmetic of the forward and backward passes: ``bf16`` (autocast; weights,
+    gradients and optimiser state stay float32), ``fp32``, or ``auto``: bf16 where the
+    device computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX),
+    else fp32. The precision used is recorded in the run's metrics."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -193,3 +201,7 @@ class RunOptions:
             )
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise TrainConfigError(f"device must be auto, cpu or cuda, not {self.device!r}.")
+        if self.precision not in PRECISIONS:
+            raise TrainConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}."
+            )

@@ -87,6 +87,10 @@ class GroundedOptions:
     """Longest source text made from a paragraph (about the embedder's 256 tokens)."""
     limit: int = 0
     """Most examples written (0: all); the mix is kept."""
+    hold_out: int = 0
+    """Answerable questions kept out of every example (drawn by the seed), so that an
+    abstention margin can be calibrated on questions of the same articles the model never
+    saw in training (``scripts/calibrate_margin.py --exclude`` finds them)."""
     seed: int = 0
     n_ctx: int = 4096
     max_tokens: int = 256
@@ -102,6 +106,8 @@ class GroundedOptions:
             raise InputError("--hard-negatives must lie in [0, 1].")
         if self.limit < 0:
             raise InputError("--limit must be >= 0.")
+        if self.hold_out < 0:
+            raise InputError("--hold-out must be >= 0.")
 
 
 @dataclass
@@ -117,6 +123,8 @@ class GroundedReport:
     """Answerable questions whose retrieved sources lack every gold answer (``--kb``)."""
     skipped: int = 0
     """Questions left out: no usable source, an answer not found, or over the mix."""
+    held_out_questions: int = 0
+    """Answerable questions kept out for calibration (``--hold-out``)."""
     source: str = ""
 
     @property
@@ -252,6 +260,8 @@ def build_grounded(
                     if not q.answerable and q.question.strip()]
     rng.shuffle(answerable)
     rng.shuffle(unanswerable)
+    report.held_out_questions = min(options.hold_out, len(answerable))
+    answerable = answerable[report.held_out_questions:]
     n_hard = round(len(answerable) * options.hard_negative_share)
     hard, positive = answerable[:n_hard], answerable[n_hard:]
     share = options.abstain_share

@@ -515,6 +515,36 @@ def _device(choice: str) -> str:
     return choice
 
 
+def cpu_has_bf16() -> bool:
+    """True when this CPU multiplies bf16 natively (AVX512-BF16 or AMX); False when unsure.
+
+    Without it torch emulates bf16 on the CPU, slower than float32.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[-1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def _precision(device: str, choice: str) -> str:
+    """The arithmetic a run uses on ``device`` for the ``--precision`` ``choice``."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    native = torch.cuda.is_bf16_supported() if cuda else cpu_has_bf16()
+    if choice == "auto":
+        return "bf16" if native else "fp32"
+    if choice == "bf16" and cuda and not native:
+        raise TrainConfigError("--precision bf16 was asked for, but this GPU has no bf16; "
+                               "use --precision fp32.")
+    return choice
+
+
 def _collate(batch: Sequence[Encoded], pad_id: int, device: str) -> tuple[Any, Any, Any]:
     import torch
 
@@ -671,9 +701,11 @@ def train_lora(
     if config.max_steps:
         total = min(total, config.max_steps)
     pad_id = int(tokenizer.pad_token_id)
+    precision = _precision(device, options.precision)
     autocast: Callable[[], Any] = contextlib.nullcontext
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        autocast = functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
+    if precision == "bf16":
+        autocast = functools.partial(torch.autocast, device.split(":")[0],
+                                     dtype=torch.bfloat16)
 
     state: dict[str, Any] = {"step": 0, "losses": [], "history": [], "seconds": 0.0,
                              "tokens": 0, "examples": 0}
@@ -685,8 +717,10 @@ def train_lora(
         say(f"resuming from {latest.name} (step {resumed_from} of {total})")
     trainable = sum(p.numel() for p in params)
     say(f"training {len(encoded)} examples ({len(val_encoded)} held out), {total} steps "
-        f"of {per_step} examples, {trainable:,} trainable parameters on {device}"
-        + (f" ({threads} threads)" if device == "cpu" else ""))
+        f"of {per_step} examples, {trainable:,} trainable parameters on {device} ("
+        + (f"{threads} threads, " if device == "cpu" else "") + f"{precision})")
+    used = set(state.get("precisions", []))
+    state["precisions"] = sorted(used | {precision})
 
     model.train()
     orders: dict[int, list[int]] = {}
@@ -781,6 +815,7 @@ def _metrics(state: dict[str, Any], total: int, n_train: int, n_val: int, traina
         "seconds_per_example": round(compute / examples, 3) if examples else None,
         "tokens_per_s": round(int(state.get("tokens", 0)) / compute, 1) if compute else None,
         "device": device,
+        "precision": "+".join(state.get("precisions", [])) or None,
     }
 
 
