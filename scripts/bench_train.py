@@ -159,7 +159,9 @@ def compare_precision(data: Path, base_id: str, settings: Any, registry: Any, co
                 "speed-up vs fp32"):
         table.add_column(col, justify="right" if col != "precision" else "left")
     for name, row in rows.items():
-        table.add_row(f"{name} ({row['precision_used']})", str(row["seconds_per_example"]),
+        used = row["precision_used"]
+        table.add_row(name if used == name else f"{name} (used: {used})",
+                      str(row["seconds_per_example"]),
                       str(row["train_tokens_per_s"]), str(row["train_loss"]),
                       str(row["val_loss"]), f"{row['speedup_vs_fp32']}x")
     Console().print(table)
