@@ -11,8 +11,12 @@ a detector of unanswerable questions; the suggested margin is the smallest one w
 abstention is at most ``--max-false``. Record it in the adapter's ``lineage.json`` as
 ``calibration.abstain_margin``.
 
-    .venv/bin/python scripts/calibrate_margin.py --model qwen2.5-coder-0.5b-grounded-q8_0 \\
-        --exclude grounded-280.jsonl --n 50 --home DIR
+    .venv/bin/python scripts/calibrate_margin.py --model qwen2.5-0.5b-grounded-h80 \\
+        --exclude grounded-h80.jsonl --n 80 --home DIR
+
+Build the training data with ``appliance train-data grounded --hold-out N`` so that N
+answerable questions are left for this script (it takes the dev questions that are not in
+``--exclude``).
 """
 
 from __future__ import annotations
