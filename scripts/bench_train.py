@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console
 from rich.table import Table
 
+from appliance.train.config import PRECISIONS, QUANT_TYPES
+
 DEFAULT_SQUAD = Path("/work/shared/data/squad2-dev-a/squad2-dev-a.json")
 
 
@@ -179,10 +181,10 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--grad-accum", type=int, default=2)
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--quant", default="q8_0", choices=["q8_0", "q4_k_m", "f16"])
+    parser.add_argument("--quant", default="q8_0", choices=list(QUANT_TYPES))
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=0, help="0: the idle cores")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--precision", default="auto", choices=list(PRECISIONS))
     parser.add_argument("--compare-precision", action="store_true",
                         help="train only, in fp32 and in bf16, and compare")
     parser.add_argument("--gen-tokens", type=int, default=64)

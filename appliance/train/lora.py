@@ -515,20 +515,16 @@ def _device(choice: str) -> str:
     return choice
 
 
-def cpu_has_bf16() -> bool:
-    """True when this CPU multiplies bf16 natively (AVX512-BF16 or AMX); False when unsure.
-
-    Without it torch emulates bf16 on the CPU, slower than float32.
+def cpu_has_bf16(flags: set[str] | None = None) -> bool:
+    """True when a CPU with these feature ``flags`` (default: this one's, from
+    :func:`appliance.bundle.doctor.cpu_flags`) multiplies bf16 natively (AVX512-BF16 or
+    AMX); False when unknown. Without it torch emulates bf16, slower than float32.
     """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[-1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    if flags is None:
+        from appliance.bundle.doctor import cpu_flags
+
+        flags = cpu_flags()
+    return bool(flags and flags & {"avx512_bf16", "amx_bf16"})
 
 
 def _precision(device: str, choice: str) -> str:
