@@ -16,18 +16,28 @@ from appliance.errors import InputError, ModelNotFoundError
 from appliance.evaluate.metrics import (
     EvalItem,
     aggregate,
+    bootstrap_interval,
     content_words,
     faithfulness,
     format_ok,
     is_gold_source,
     ndcg_at_k,
+    paired_difference,
     rank_metrics,
     recall_at_k,
     reciprocal_rank,
     schema_errors,
     score_answer,
+    wilson_interval,
 )
-from appliance.evaluate.report import bar_chart, decide, render_html, render_markdown
+from appliance.evaluate.report import (
+    bar_chart,
+    compare_modes,
+    decide,
+    mode_table,
+    render_html,
+    render_markdown,
+)
 from appliance.evaluate.retrieval import load_beir, score_ranking
 from appliance.evaluate.runner import (
     load_eval_set,
@@ -170,6 +180,59 @@ def test_aggregate() -> None:
     assert base["citation_coverage"] is None and base["faithfulness"] is None
 
 
+def test_wilson_interval_matches_published_values() -> None:
+    assert wilson_interval(5, 10) == (pytest.approx(0.2366, abs=1e-4),
+                                      pytest.approx(0.7634, abs=1e-4))
+    # not a point at 0 % or 100 %
+    assert wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
+    assert wilson_interval(51, 51) == (pytest.approx(0.9300, abs=1e-4), 1.0)
+    assert wilson_interval(0, 0) is None
+    with pytest.raises(ValueError):
+        wilson_interval(11, 10)
+
+
+def test_bootstrap_interval_is_seeded_and_narrows_with_more_questions() -> None:
+    few = [1.0, 0.0, 0.5, 1.0, 0.0] * 8
+    many = few * 10
+    a, b = bootstrap_interval(few), bootstrap_interval(few)
+    assert a == b and a is not None  # the same answers give the same report
+    assert a[0] < sum(few) / len(few) < a[1]
+    wide, narrow = a[1] - a[0], bootstrap_interval(many)
+    assert narrow is not None and narrow[1] - narrow[0] < wide / 2
+    assert bootstrap_interval([0.7]) == (pytest.approx(0.7), pytest.approx(0.7))
+    assert bootstrap_interval([]) is None
+
+
+def test_paired_difference_separates_real_changes_from_noise() -> None:
+    before = [0.0] * 30 + [1.0] * 10
+    real = paired_difference(before, [1.0] * 40)
+    assert real is not None and real.delta == pytest.approx(0.75)
+    assert real.significant and real.low > 0.5
+    noise = paired_difference(before, [1.0] * 2 + [0.0] * 28 + [0.0] * 2 + [1.0] * 8)
+    assert noise is not None and noise.delta == 0.0 and not noise.significant
+    assert noise.low < 0 < noise.high
+    assert real.to_json()["significant"] is True and paired_difference([], []) is None
+    with pytest.raises(ValueError, match="length"):
+        paired_difference([1.0], [1.0, 0.0])
+
+
+def test_aggregate_reports_intervals() -> None:
+    items = [EvalItem(f"a{i}", "q", ["blue"], True) for i in range(20)]
+    items += [EvalItem(f"u{i}", "q", [], False) for i in range(20)]
+    recs = [record("blue [1]" if i < 15 else "", abstained=i >= 15,
+                   citations=[cite(1, "/a.md")] if i < 15 else None) for i in range(20)]
+    recs += [record("", abstained=i < 6) if i < 6 else record("red [1]",
+             citations=[cite(1, "/a.md")]) for i in range(20)]
+    m = aggregate([score_answer(i, r) for i, r in zip(items, recs, strict=True)], "rag")
+    iv = m["intervals"]
+    assert m["false_abstention"] == 0.25 and iv["false_abstention"][0] < 0.25
+    assert iv["false_abstention"][1] > 0.25 and iv["abstention_accuracy"][0] > 0.1
+    assert iv["f1_answerable"][0] <= m["f1_answerable"] <= iv["f1_answerable"][1]
+    assert "citation_coverage" in iv and "format_compliance" not in iv
+    base = aggregate([score_answer(i, r) for i, r in zip(items, recs, strict=True)], "base")
+    assert "citation_coverage" not in base["intervals"]
+
+
 # -- eval sets -------------------------------------------------------------------------------
 
 
@@ -296,8 +359,10 @@ def metrics(**values: float | None) -> dict[str, Any]:
     return m
 
 
-def report_with(modes: dict[str, dict[str, Any]], retrieval: dict[str, Any] | None = None
-                ) -> dict[str, Any]:
+def report_with(modes: dict[str, dict[str, Any]], retrieval: dict[str, Any] | None = None,
+                questions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A report from per-mode metrics; its one question row carries no per-mode results
+    (so the decision reads the metrics alone) unless ``questions`` are given."""
     report: dict[str, Any] = {
         "created": "2025-01-01T00:00:00+00:00", "command": "appliance eval set.jsonl",
         "set": {"source": "set.jsonl", "kind": "jsonl", "articles": [], "questions": 10,
@@ -306,11 +371,11 @@ def report_with(modes: dict[str, dict[str, Any]], retrieval: dict[str, Any] | No
         "kb": "demo", "seconds": 12.0, "notes": ["a <note>"],
         "modes": {m: {"model": f"model-{m}", "metrics": v} for m, v in modes.items()},
         "skipped": {}, "retrieval": retrieval,
-        "questions": [{"id": "q1", "question": "What <b>?", "answerable": True,
-                       "answers": ["x"], "results": {m: {"answer": "x [1]", "correct": True,
-                                                         "abstained": False}
-                                                     for m in modes}}],
+        "questions": questions if questions is not None else [
+            {"id": "q1", "question": "What <b>?", "answerable": True, "answers": ["x"],
+             "results": {}}],
     }
+    report["comparisons"] = compare_modes(report)
     report["decision"] = decide(report)
     return report
 
@@ -362,6 +427,47 @@ def test_decision_without_failures() -> None:
     assert d["verdict"] == "rag" and "No failure" in d["headline"]
 
 
+def _rows(n: int, base_right: int, rag_right: int) -> list[dict[str, Any]]:
+    """``n`` answerable questions, the first ``base_right`` right in base and the first
+    ``rag_right`` right in rag."""
+    def res(ok: bool) -> dict[str, Any]:
+        return {"answer": "x", "correct": ok, "abstained": False, "f1": float(ok)}
+
+    return [{"id": f"q{i}", "question": "q", "answerable": True, "answers": ["x"],
+             "results": {"base": res(i < base_right), "rag": res(i < rag_right)}}
+            for i in range(n)]
+
+
+def test_decision_counts_a_change_only_beyond_chance() -> None:
+    small = report_with({"base": metrics(accuracy=0.2, contained=0.2),
+                         "rag": metrics(**{**GOOD_RAG, "contained": 0.4, "accuracy": 0.4})},
+                        questions=_rows(10, 2, 4))
+    d = small["decision"]
+    assert not any("answer contained" in f for f in d["evidence_for_fixes"])
+    assert any("within chance" in c and "over 10 questions" in c for c in d["caveats"])
+    large = report_with({"base": metrics(accuracy=0.2, contained=0.2),
+                         "rag": metrics(**{**GOOD_RAG, "contained": 0.4, "accuracy": 0.4})},
+                        questions=_rows(200, 40, 80))
+    d = large["decision"]
+    assert any("answer contained" in f and "95 % CI" in f for f in d["evidence_for_fixes"])
+    assert not any("within chance" in c for c in d["caveats"])
+    rows = {(c["before_mode"], c["after_mode"], c["metric"]): c for c in large["comparisons"]}
+    contained = rows[("base", "rag", "contained")]
+    assert contained["delta"] == pytest.approx(0.2) and contained["significant"]
+    assert contained["n"] == 200 and contained["low"] > 0.1
+    assert ("base", "rag", "abstention_accuracy") not in rows  # no unanswerable question
+    md = render_markdown(large)
+    assert "## Paired comparisons" in md and "| base -> rag | answer contained |" in md
+
+
+def test_mode_table_shows_intervals() -> None:
+    m = metrics(**GOOD_RAG)
+    m["intervals"] = {"contained": [0.6543, 0.9012]}
+    _, rows = mode_table(report_with({"rag": m}))
+    assert ["answer contained", "80% (65–90)"] in rows
+    assert ["citation coverage", "95%"] in rows  # no interval recorded: the value alone
+
+
 def test_markdown_and_html_reports() -> None:
     r = report_with({"base": metrics(accuracy=0.2, contained=0.3),
                      "rag": metrics(**GOOD_RAG)},
@@ -383,6 +489,10 @@ def test_markdown_and_html_reports() -> None:
 def test_bar_chart_handles_missing_values() -> None:
     svg = bar_chart("c", "T", ["a", "b"], [("s", [0.5, None], "#000")], vmax=1.0)
     assert svg.count('class="bar"') == 1 and ">n/a<" in svg and 'data-value="0.5000"' in svg
+    assert 'class="whisker"' not in svg
+    svg = bar_chart("c", "T", ["a", "b"], [("s", [0.5, 0.2], "#000")], vmax=1.0,
+                    intervals=[[(0.25, 0.75), None]])
+    assert svg.count('class="whisker"') == 1 and "95 % interval 25% to 75%" in svg
 
 
 # -- the runner, with fakes ----------------------------------------------------------------------

@@ -88,6 +88,10 @@ def test_eval_runs_all_four_modes_and_writes_the_reports(four_modes: dict[str, A
         for key in ("accuracy", "em", "f1", "contained", "abstention_accuracy",
                     "false_abstention", "format_compliance"):
             assert 0.0 <= m[key] <= 1.0, (mode, key)
+            low, high = m["intervals"][key]
+            assert low <= m[key] <= high, (mode, key)
+            if key not in ("em", "f1"):  # a Wilson interval on 1-4 questions is wide
+                assert high - low > 0.3, (mode, key)
         records = [json.loads(x) for x in (out / f"answers-{mode}.jsonl").read_text(
             encoding="utf-8").splitlines()]
         assert {r["id"] for r in records} == set(SUBSET)
@@ -97,8 +101,13 @@ def test_eval_runs_all_four_modes_and_writes_the_reports(four_modes: dict[str, A
     retrieval = report["retrieval"]
     assert retrieval["questions"] == 3 and retrieval["hit@5"] >= 2 / 3
     assert report["decision"]["verdict"] in MODES and report["decision"]["headline"]
+    pairs = {(c["before_mode"], c["after_mode"]) for c in report["comparisons"]}
+    assert pairs == {("base", "rag"), ("base", "ft"), ("rag", "hybrid"), ("ft", "hybrid")}
+    assert all(c["n"] >= 1 and c["low"] <= c["delta"] <= c["high"]
+               for c in report["comparisons"])
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "| metric | base | rag | ft | hybrid |" in md and "## Decision" in md
+    assert "## Paired comparisons" in md
     assert "Decision:" in four_modes["proc"].stdout
 
 

@@ -25,12 +25,17 @@ Definitions (per mode; "answered" means not abstained):
   unanswerable questions abstained on, over all questions.
 - ``p50_ms`` / ``p95_ms``: answer latency (``timings_ms.total``); ``tokens_per_s``:
   completion tokens over generation seconds.
+- ``intervals``: 95 % intervals of the quality metrics: Wilson score intervals for shares,
+  a seeded percentile bootstrap for means of per-question scores (F1, EM, faithfulness).
+  :func:`paired_difference` gives the interval of a change between two modes answering
+  the same questions.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,19 +47,23 @@ from appliance.generate.citations import strip_citations
 
 __all__ = [
     "RETRIEVAL_MODES",
+    "Difference",
     "EvalItem",
     "QuestionScore",
     "aggregate",
+    "bootstrap_interval",
     "content_words",
     "faithfulness",
     "format_ok",
     "is_gold_source",
     "ndcg_at_k",
+    "paired_difference",
     "rank_metrics",
     "recall_at_k",
     "reciprocal_rank",
     "schema_errors",
     "score_answer",
+    "wilson_interval",
 ]
 
 RETRIEVAL_MODES = ("rag", "hybrid")
@@ -353,6 +362,125 @@ def score_answer(item: EvalItem, record: Mapping[str, Any]) -> QuestionScore:
     )
 
 
+# -- uncertainty -------------------------------------------------------------------------------
+
+Z95 = 1.959963984540054
+"""The standard normal quantile of a two-sided 95 % interval."""
+BOOTSTRAP_RESAMPLES = 2000
+"""Resamples per bootstrap interval: the 2.5 % and 97.5 % quantiles settle to about a point."""
+BOOTSTRAP_SEED = 20261121
+"""Fixed, so the same answers always give the same report."""
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """The 95 % Wilson score interval of the share ``successes / n`` (None when ``n`` is 0).
+
+    Unlike the normal approximation it stays inside [0, 1] and does not collapse to a
+    point at 0 % or 100 %, where small evaluation sets often sit.
+    """
+    if n <= 0:
+        return None
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must lie in 0..{n}, got {successes}")
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of already sorted values, linearly interpolated."""
+    pos = q * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def bootstrap_interval(
+    values: Sequence[float],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = 0.95,
+) -> tuple[float, float] | None:
+    """A percentile-bootstrap interval of the mean of ``values`` (None when empty).
+
+    Resamples the questions with replacement ``resamples`` times with a seeded generator,
+    so the interval is reproducible; a single value gives a zero-width interval.
+    """
+    n = len(values)
+    if n == 0:
+        return None
+    rng = random.Random(seed)
+    data = list(values)
+    means = sorted(sum(rng.choices(data, k=n)) / n for _ in range(resamples))
+    tail = (1.0 - level) / 2
+    return _quantile(means, tail), _quantile(means, 1.0 - tail)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A change of one metric between two modes over the same questions."""
+
+    before: float
+    after: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def delta(self) -> float:
+        """``after - before``."""
+        return self.after - self.before
+
+    @property
+    def significant(self) -> bool:
+        """True when the 95 % interval of the change excludes zero."""
+        return self.low > 0 or self.high < 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The change as a JSON object, values rounded to 4 digits."""
+        return {"before": round(self.before, 4), "after": round(self.after, 4),
+                "delta": round(self.delta, 4), "low": round(self.low, 4),
+                "high": round(self.high, 4), "n": self.n, "significant": self.significant}
+
+
+def paired_difference(
+    before: Sequence[float],
+    after: Sequence[float],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> Difference | None:
+    """The mean change from ``before`` to ``after``, paired by question, with its interval.
+
+    Both sequences score the same questions in the same order. Resampling the per-question
+    differences (a paired bootstrap) removes the questions' own difficulty from the
+    interval, so it is much narrower than comparing two separate intervals.
+    """
+    if len(before) != len(after):
+        raise ValueError(f"paired scores differ in length: {len(before)} vs {len(after)}")
+    if not before:
+        return None
+    diffs = [a - b for a, b in zip(after, before, strict=True)]
+    interval = bootstrap_interval(diffs, resamples=resamples, seed=seed)
+    assert interval is not None
+    n = len(diffs)
+    return Difference(before=sum(before) / n, after=sum(after) / n,
+                      low=interval[0], high=interval[1], n=n)
+
+
+def _share(flags: Sequence[bool]) -> list[float] | None:
+    interval = wilson_interval(sum(flags), len(flags))
+    return None if interval is None else [round(interval[0], 4), round(interval[1], 4)]
+
+
+def _boot(values: Sequence[float]) -> list[float] | None:
+    interval = bootstrap_interval(values)
+    return None if interval is None else [round(interval[0], 4), round(interval[1], 4)]
+
+
 # -- one mode ----------------------------------------------------------------------------------
 
 
@@ -398,4 +526,18 @@ def aggregate(scores: Sequence[QuestionScore], mode: str) -> dict[str, Any]:
         "p50_ms": round(timing.p50_ms, 1) if scores else None,
         "p95_ms": round(timing.p95_ms, 1) if scores else None,
         "tokens_per_s": round(timing.tokens_per_s, 2) if timing.generate_s > 0 else None,
+        "intervals": {k: v for k, v in {
+            "accuracy": _share([s.correct for s in scores]),
+            "em": _boot([s.em for s in scores]),
+            "f1": _boot([s.f1 for s in scores]),
+            "em_answerable": _boot([s.em for s in ans]),
+            "f1_answerable": _boot([s.f1 for s in ans]),
+            "contained": _share([s.contained for s in ans]),
+            "citation_coverage": (_share([s.citations > 0 for s in answered])
+                                  if retrieval else None),
+            "abstention_accuracy": _share([s.abstained for s in unans]),
+            "false_abstention": _share([s.abstained for s in ans]),
+            "format_compliance": _share([bool(f) for f in formats]),
+            "faithfulness": _boot(faith) if retrieval else None,
+        }.items() if v is not None},
     }

@@ -6,7 +6,9 @@ scripts, no fonts or styles from elsewhere), so it opens on a machine with no ne
 The decision follows the practitioners' rule: failures of *knowledge* (the model without
 documents lacks the facts, retrieval brings them) call for RAG; failures of *behaviour*
 (format, citing, abstaining, staying grounded) call for fine-tuning; both call for the
-hybrid. Each finding cites the metric and the numbers behind it.
+hybrid. Each finding cites the metric and the numbers behind it, and a change between two
+modes counts only when it is both large (:data:`GAIN`) and beyond chance: the 95 % interval
+of the paired change over the same questions (:func:`compare_modes`) excludes zero.
 """
 
 from __future__ import annotations
@@ -19,11 +21,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from appliance.evaluate.metrics import Difference, paired_difference
+
 __all__ = [
+    "COMPARISONS",
     "METRICS",
     "bar_chart",
+    "compare_modes",
+    "comparison_table",
     "decide",
     "mode_table",
+    "paired_change",
     "render_html",
     "render_markdown",
     "write_reports",
@@ -40,6 +48,12 @@ ABSTAIN_OK = 0.6
 FALSE_ABSTAIN_MAX = 0.3
 FAITH_OK = 0.6
 RETRIEVAL_OK = 0.6
+
+INTERVAL_NOTE = ("In brackets: the 95 % interval in percent (Wilson score for shares, "
+                 "bootstrap over questions for F1, EM and faithfulness).")
+COMPARISON_NOTE = ("Each change is measured on the questions both modes answered; its 95 % "
+                   "interval comes from a paired bootstrap over those questions, so a change "
+                   "whose interval excludes zero is beyond chance on this set.")
 
 MODE_ORDER = ("base", "rag", "ft", "hybrid")
 MODE_COLORS = {"base": "#7f7f7f", "rag": "#1f77b4", "ft": "#ff7f0e", "hybrid": "#2ca02c"}
@@ -66,6 +80,14 @@ METRICS: list[tuple[str, str, str]] = [
 CHART_METRICS = ["accuracy", "contained", "f1_answerable", "citation_precision",
                  "citation_coverage", "abstention_accuracy", "false_abstention",
                  "format_compliance", "faithfulness"]
+COMPARISONS: tuple[tuple[str, str], ...] = (
+    ("base", "rag"), ("base", "ft"), ("rag", "hybrid"), ("ft", "hybrid"))
+"""Mode pairs compared question by question: what retrieval adds, what fine-tuning adds."""
+COMPARE_METRICS: tuple[tuple[str, str], ...] = (
+    ("accuracy", "all"), ("f1_answerable", "answerable"), ("contained", "answerable"),
+    ("abstention_accuracy", "unanswerable"), ("false_abstention", "answerable"),
+    ("format_compliance", "format"))
+"""Metrics with a per-question score, and the questions each is measured on."""
 RETRIEVAL_METRICS = [("hit@1", "hit@1"), ("hit@5", "hit@5"), ("hit@10", "hit@10"),
                      ("mrr", "MRR@10"), ("ndcg@10", "nDCG@10"), ("answer_hit@5", "answer in top 5")]
 
@@ -86,6 +108,82 @@ def _metrics(report: Mapping[str, Any], mode: str) -> Mapping[str, Any] | None:
 def _modes(report: Mapping[str, Any]) -> list[str]:
     present = report.get("modes", {})
     return [m for m in MODE_ORDER if m in present]
+
+
+def _points(value: float) -> str:
+    """A change in signed percentage points; under one point with a decimal, so a change
+    just beyond zero does not print as "-0"."""
+    points = value * 100
+    return f"{points:+.1f}" if 0 < abs(points) < 0.95 else f"{points:+.0f}"
+
+
+def _question_value(key: str, answerable: bool, r: Mapping[str, Any]) -> float | None:
+    """The per-question score behind metric ``key`` (None: the question does not count)."""
+    if key == "accuracy":
+        return float(bool(r.get("correct")))
+    if key == "f1_answerable":
+        return float(r.get("f1") or 0.0) if answerable else None
+    if key == "contained":
+        return float(bool(r.get("correct"))) if answerable else None
+    if key == "abstention_accuracy":
+        return None if answerable else float(bool(r.get("abstained")))
+    if key == "false_abstention":
+        return float(bool(r.get("abstained"))) if answerable else None
+    if key == "format_compliance":
+        ok = r.get("format_ok")
+        return None if ok is None else float(bool(ok))
+    raise KeyError(key)
+
+
+def paired_change(report: Mapping[str, Any], key: str, before: str,
+                  after: str) -> Difference | None:
+    """The change of ``key`` from mode ``before`` to ``after`` over the questions both
+    answered, with its 95 % paired-bootstrap interval (None without per-question data).
+
+    Read from the report's ``comparisons`` where :func:`compare_modes` put it there, so the
+    decision quotes exactly the numbers of the comparison table."""
+    for c in report.get("comparisons") or []:
+        if (c["before_mode"], c["after_mode"], c["metric"]) == (before, after, key):
+            return Difference(before=c["before"], after=c["after"], low=c["low"],
+                              high=c["high"], n=c["n"])
+    return _measure_change(report, key, before, after)
+
+
+def _measure_change(report: Mapping[str, Any], key: str, before: str,
+                    after: str) -> Difference | None:
+    xs: list[float] = []
+    ys: list[float] = []
+    for q in report.get("questions", []):
+        results = q.get("results", {})
+        if before not in results or after not in results:
+            continue
+        a = _question_value(key, bool(q.get("answerable")), results[before])
+        b = _question_value(key, bool(q.get("answerable")), results[after])
+        if a is not None and b is not None:
+            xs.append(a)
+            ys.append(b)
+    return paired_difference(xs, ys)
+
+
+def compare_modes(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every measured pair of :data:`COMPARISONS` on every metric of :data:`COMPARE_METRICS`:
+    before, after, the change and its 95 % interval, paired by question."""
+    present = set(_modes(report))
+    out: list[dict[str, Any]] = []
+    for before, after in COMPARISONS:
+        if before not in present or after not in present:
+            continue
+        for key, _ in COMPARE_METRICS:
+            diff = _measure_change(report, key, before, after)
+            if diff is not None:
+                out.append({"before_mode": before, "after_mode": after, "metric": key,
+                            **diff.to_json()})
+    return out
+
+
+def _ci(diff: Difference) -> str:
+    return (f"{_points(diff.delta)} points, 95 % CI {_points(diff.low)} to "
+            f"{_points(diff.high)}")
 
 
 # -- the decision ------------------------------------------------------------------------------
@@ -114,17 +212,33 @@ def decide(report: Mapping[str, Any]) -> dict[str, Any]:
         knowledge.append(f"without documents the base model abstains on only {_pct(b_abs)} of "
                          "unanswerable questions: it cannot tell what the documents lack "
                          "(abstention accuracy)")
+    def chance(label: str, what: str, before: str, after: str,
+               p: float, t: float, diff: Difference) -> None:
+        caveats.append(f"{what} {label} from {_pct(p)} to {_pct(t)} ({before} -> {after}), "
+                       f"but over {diff.n} questions that is within chance ({_ci(diff)}): "
+                       "measure more questions")
+
     if b_cont is not None and r_cont is not None:
         gain = r_cont - b_cont
-        if gain >= GAIN:
+        diff = paired_change(report, "contained", "base", "rag")
+        if gain >= GAIN and diff is not None and not diff.significant:
+            chance("answer contained", "retrieval raises", "base", "rag", b_cont, r_cont, diff)
+        elif gain >= GAIN:
+            detail = _ci(diff) if diff is not None else f"+{gain * 100:.0f} points"
             fixes.append(f"retrieval raises answer contained from {_pct(b_cont)} to "
-                         f"{_pct(r_cont)} (+{gain * 100:.0f} points, base -> rag)")
+                         f"{_pct(r_cont)} ({detail}; base -> rag)")
         elif knowledge:
             caveats.append(f"retrieval does not help yet: answer contained {_pct(b_cont)} "
                            f"(base) vs {_pct(r_cont)} (rag)")
     b_acc, r_acc = val(base, "accuracy"), val(rag, "accuracy")
     if b_acc is not None and r_acc is not None and r_acc - b_acc >= GAIN:
-        fixes.append(f"retrieval raises accuracy from {_pct(b_acc)} to {_pct(r_acc)}")
+        diff = paired_change(report, "accuracy", "base", "rag")
+        if diff is not None and not diff.significant:
+            chance("accuracy", "retrieval raises", "base", "rag", b_acc, r_acc, diff)
+        else:
+            detail = f" ({_ci(diff)})" if diff is not None else ""
+            fixes.append(f"retrieval raises accuracy from {_pct(b_acc)} to {_pct(r_acc)}"
+                         f"{detail}")
     if base is None:
         caveats.append("no base-mode baseline was measured; add base to --modes to see "
                        "what the model knows without documents")
@@ -174,18 +288,26 @@ def decide(report: Mapping[str, Any]) -> dict[str, Any]:
             ("abstention_accuracy", "abstention accuracy", False),
             ("citation_coverage", "citation coverage", False),
             ("false_abstention", "false abstention", True),
+            ("f1_answerable", "F1 on answerable questions", False),
             ("accuracy", "accuracy", False),
         ):
             p, t = pm.get(key), tm.get(key)
             if p is None or t is None:
                 continue
             delta = (p - t) if lower_better else (t - p)
-            if delta >= GAIN:
+            if abs(delta) < GAIN:
+                continue
+            verb = "improves" if delta > 0 else "worsens"
+            diff = paired_change(report, key, plain, tuned)
+            detail = f"{_ci(diff)}; " if diff is not None else ""
+            if diff is not None and not diff.significant:
+                chance(label, f"fine-tuning {verb}", plain, tuned, p, t, diff)
+            elif delta > 0:
                 fixes.append(f"fine-tuning improves {label} from {_pct(p)} to {_pct(t)} "
-                             f"({plain} -> {tuned})")
-            elif delta <= -GAIN:
+                             f"({detail}{plain} -> {tuned})")
+            else:
                 caveats.append(f"fine-tuning worsens {label} from {_pct(p)} to {_pct(t)} "
-                               f"({plain} -> {tuned})")
+                               f"({detail}{plain} -> {tuned})")
 
     k, b = bool(knowledge), bool(behaviour)
     if k and b:
@@ -224,15 +346,27 @@ def decide(report: Mapping[str, Any]) -> dict[str, Any]:
         "thresholds": {"gain": GAIN, "low_knowledge": LOW_KNOWLEDGE, "format": FORMAT_OK,
                        "citation_coverage": COVERAGE_OK, "citation_precision": PRECISION_OK,
                        "abstention": ABSTAIN_OK, "false_abstention": FALSE_ABSTAIN_MAX,
-                       "faithfulness": FAITH_OK, "retrieval_hit@5": RETRIEVAL_OK},
+                       "faithfulness": FAITH_OK, "retrieval_hit@5": RETRIEVAL_OK,
+                       "interval": 0.95},
     }
 
 
 # -- tables ----------------------------------------------------------------------------------
 
 
+def _with_interval(metrics: Mapping[str, Any] | None, key: str) -> str:
+    """A share with its 95 % interval, e.g. ``45 % (32-59)``."""
+    if not metrics or metrics.get(key) is None:
+        return "n/a"
+    interval = (metrics.get("intervals") or {}).get(key)
+    if not interval:
+        return _pct(metrics[key])
+    return f"{_pct(metrics[key])} ({interval[0] * 100:.0f}–{interval[1] * 100:.0f})"
+
+
 def mode_table(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the per-mode table: metrics as rows, modes as columns."""
+    """(header, rows) of the per-mode table: metrics as rows, modes as columns; a share is
+    followed by its 95 % interval in percent where the report has one."""
     modes = _modes(report)
     header = ["metric", *modes]
     rows = [["model", *[str(report["modes"][m]["model"]) for m in modes]]]
@@ -242,13 +376,26 @@ def mode_table(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
         values = [_metrics(report, m) for m in modes]
         if all(v is None or v.get(key) is None for v in values):
             continue
-        rows.append([label, *[_pct(v.get(key)) if v else "n/a" for v in values]])
+        rows.append([label, *[_with_interval(v, key) for v in values]])
     for key, label, fmt in (("p50_ms", "latency p50", "{:,.0f} ms"),
                             ("p95_ms", "latency p95", "{:,.0f} ms"),
                             ("tokens_per_s", "tokens/s", "{:,.1f}")):
         values = [_metrics(report, m) for m in modes]
         rows.append([label, *[
             "n/a" if not v or v.get(key) is None else fmt.format(v[key]) for v in values]])
+    return header, rows
+
+
+def comparison_table(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the paired comparisons: each mode pair's change per metric."""
+    labels = {key: label for key, label, _ in METRICS}
+    header = ["modes", "metric", "before", "after", "change (95 % CI), points", "beyond chance"]
+    rows = []
+    for c in report.get("comparisons") or []:
+        rows.append([f"{c['before_mode']} -> {c['after_mode']}", labels.get(c["metric"],
+                     c["metric"]), _pct(c["before"]), _pct(c["after"]),
+                     f"{_points(c['delta'])} ({_points(c['low'])} to {_points(c['high'])})",
+                     "yes" if c["significant"] else "no"])
     return header, rows
 
 
@@ -291,8 +438,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     out += ["", "## Results by mode", ""]
     header, rows = mode_table(report)
     out += [_md_table(header, rows), ""]
+    out.append(INTERVAL_NOTE)
+    out.append("")
     for mode, reason in report.get("skipped", {}).items():
         out.append(f"- **{mode} skipped**: {reason}.")
+    if report.get("comparisons"):
+        ch, cr = comparison_table(report)
+        out += ["", "## Paired comparisons", "", COMPARISON_NOTE, "", _md_table(ch, cr), ""]
     if report.get("retrieval"):
         r = report["retrieval"]
         rh, rr = _retrieval_rows(r)
@@ -334,8 +486,13 @@ def bar_chart(
     fmt: Callable[[float], str] = _pct,
     width: int = 960,
     height: int = 340,
+    intervals: Sequence[Sequence[Sequence[float] | None]] | None = None,
 ) -> str:
-    """A grouped bar chart as inline SVG: one group per label, one bar per series."""
+    """A grouped bar chart as inline SVG: one group per label, one bar per series.
+
+    ``intervals``, parallel to ``series``, gives each bar's (low, high) 95 % interval (or
+    None), drawn as a whisker over the bar.
+    """
     left, right, top, bottom = 56, 16, 56, 64
     plot_w, plot_h = width - left - right, height - top - bottom
     values = [v for _, vs, _ in series for v in vs if v is not None]
@@ -376,9 +533,24 @@ def bar_chart(
                 f'height="{max(h, 0.5):.1f}" fill="{color}" data-series="{_e(name)}" '
                 f'data-value="{v:.4f}"><title>{_e(name)} · {_e(label)}: {_e(fmt(v))}</title>'
                 f"</rect>")
+            span = (intervals[s][g] if intervals is not None and s < len(intervals)
+                    and g < len(intervals[s]) else None)
+            label_y = y
+            if span:
+                cx_bar = bx + bar_w * 0.46
+                y_lo = top + plot_h - max(0.0, min(span[0] / scale, 1.0)) * plot_h
+                y_hi = top + plot_h - max(0.0, min(span[1] / scale, 1.0)) * plot_h
+                cap = min(bar_w * 0.2, 6.0)
+                parts.append(
+                    f'<path class="whisker" d="M{cx_bar:.1f} {y_lo:.1f}V{y_hi:.1f}'
+                    f'M{cx_bar - cap:.1f} {y_lo:.1f}h{2 * cap:.1f}'
+                    f'M{cx_bar - cap:.1f} {y_hi:.1f}h{2 * cap:.1f}">'
+                    f"<title>95 % interval {_e(fmt(span[0]))} to {_e(fmt(span[1]))}</title>"
+                    "</path>")
+                label_y = min(y, y_hi)
             if bar_w >= 16:
-                parts.append(f'<text x="{bx + bar_w * 0.46:.1f}" y="{y - 3:.1f}" class="value" '
-                             f'text-anchor="middle">{_e(fmt(v))}</text>')
+                parts.append(f'<text x="{bx + bar_w * 0.46:.1f}" y="{label_y - 3:.1f}" '
+                             f'class="value" text-anchor="middle">{_e(fmt(v))}</text>')
         cx = left + g * group_w + group_w / 2
         words = label.split(" ")
         lines = [" ".join(words[: (len(words) + 1) // 2]), " ".join(words[(len(words) + 1) // 2:])]
@@ -408,8 +580,11 @@ def _charts(report: Mapping[str, Any]) -> list[str]:
     if modes and keys:
         series = [(mode, [(_metrics(report, mode) or {}).get(k) for k in keys],
                    MODE_COLORS[mode]) for mode in modes]
-        charts.append(bar_chart("chart-quality", "Answer quality by mode (false abstention: "
-                                "lower is better)", [labels[k] for k in keys], series, vmax=1.0))
+        spans = [[((_metrics(report, mode) or {}).get("intervals") or {}).get(k) for k in keys]
+                 for mode in modes]
+        charts.append(bar_chart("chart-quality", "Answer quality by mode, 95 % intervals "
+                                "(false abstention: lower is better)", [labels[k] for k in keys],
+                                series, vmax=1.0, intervals=spans))
     if modes:
         p50 = [(_metrics(report, m) or {}).get("p50_ms") for m in modes]
         p95 = [(_metrics(report, m) or {}).get("p95_ms") for m in modes]
@@ -442,7 +617,7 @@ padding:10px 14px;background:#eef6ee;border-left:5px solid #2ca02c}.meta{color:#
 .chart{max-width:100%;height:auto;margin:8px 0 16px;border:1px solid #eee}
 .chart-title{font-size:16px;font-weight:600;fill:#222}.legend{font-size:12px;fill:#333}
 .axis{font-size:11px;fill:#555}.value{font-size:10px;fill:#222}.na{font-size:10px;fill:#999}
-.grid{stroke:#e5e5e5;stroke-width:1}.baseline{stroke:#888;stroke-width:1}
+.grid{stroke:#e5e5e5;stroke-width:1}.whisker{stroke:#222;stroke-width:1.2;fill:none}.baseline{stroke:#888;stroke-width:1}
 .q td{text-align:left;font-size:13px}.ok{color:#1a7f37}.bad{color:#b42318}
 code{background:#f4f4f4;padding:1px 4px}details{margin:8px 0}
 """
@@ -497,8 +672,13 @@ def render_html(report: Mapping[str, Any]) -> str:
     s.append('<h2 id="results">Results by mode</h2>')
     header, rows = mode_table(report)
     s.append(_html_table(header, rows))
+    s.append(f'<p class="meta">{_e(INTERVAL_NOTE)}</p>')
     for mode, reason in report.get("skipped", {}).items():
         s.append(f"<p><b>{_e(mode)} skipped</b>: {_e(reason)}.</p>")
+    if report.get("comparisons"):
+        ch, cr = comparison_table(report)
+        s.append(f'<h2 id="comparisons">Paired comparisons</h2><p>{_e(COMPARISON_NOTE)}</p>')
+        s.append(_html_table(ch, cr))
     s.append('<h2 id="charts">Charts</h2>')
     s += _charts(report)
     if report.get("retrieval"):

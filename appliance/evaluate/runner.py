@@ -36,7 +36,7 @@ from appliance.evaluate.metrics import (
     rank_metrics,
     score_answer,
 )
-from appliance.evaluate.report import decide
+from appliance.evaluate.report import compare_modes, decide
 from appliance.evaluate.squad import (
     Article,
     answer_in_text,
@@ -482,5 +482,6 @@ def run_eval(
         ],
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    report["comparisons"] = compare_modes(report)
     report["decision"] = decide(report)
     return report
