@@ -39,3 +39,22 @@ def test_help_lists_commands(tmp_path: Path) -> None:
 def test_kb_list_empty(tmp_path: Path) -> None:
     proc = run_cli("kb", "list", home=tmp_path)
     assert proc.returncode == 0 and "No knowledge bases" in proc.stdout
+
+
+def test_markup_in_documents_queries_and_names_prints_literally(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    (docs / "a[").mkdir(parents=True)  # the path reads a[/b].md
+    (docs / "a[" / "b].md").write_text(
+        "# Prompts [/]\n\nLlama 2 prompts about quokkas look like <s>[INST] hi [/INST] and "
+        "code indexes them as x[i] or d[bold].\n", encoding="utf-8")
+    home = tmp_path / "home"
+    assert run_cli("ingest", str(docs), "--kb", "m", home=home).returncode == 0
+    proc = run_cli("search", "quokkas [/]", "--kb", "m", home=home)
+    assert proc.returncode == 0, proc.stderr
+    for literal in ("a[/b].md", "Prompts [/]", "[INST] hi [/INST]", "x[i]", "d[bold]",
+                    "quokkas [/]"):
+        assert literal in proc.stdout, literal
+    for args in (("kb", "stats", "[/]"), ("search", "x", "--kb", "[/x]")):
+        proc = run_cli(*args, home=home)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "not a valid knowledge base name" in proc.stderr and "[/" in proc.stderr

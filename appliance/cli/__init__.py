@@ -16,7 +16,7 @@ from appliance.cli import commands as _commands  # noqa: F401  (registers subcom
 from appliance.cli import eval as _eval  # noqa: F401  (registers eval, eval-retrieval)
 from appliance.cli import train as _train  # noqa: F401  (registers train, train-data)
 from appliance.cli import tui as _tui  # noqa: F401  (registers tui, feedback)
-from appliance.cli._base import cli, err
+from appliance.cli._base import cli, err, lit
 from appliance.errors import ApplianceError
 
 __all__ = ["cli", "main"]
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     except ApplianceError as exc:
         if debug:
             traceback.print_exc()
-        err.print(f"[bold red]{exc.title}:[/] {exc.message}")
+        err.print(f"[bold red]{lit(exc.title)}:[/] {lit(exc.message)}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("Interrupted; everything committed so far is kept.")
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: still one sentence unless --debug
         if debug:
             traceback.print_exc()
-        err.print(f"[bold red]Unexpected error:[/] {type(exc).__name__}: {exc} "
+        err.print(f"[bold red]Unexpected error:[/] {type(exc).__name__}: {lit(exc)} "
                   "(run again with --debug for the traceback and report it).")
         sys.exit(70)
 

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
+from rich.errors import MarkupError
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,10 +26,31 @@ from appliance.config import load_settings
 if TYPE_CHECKING:
     from appliance.api import Appliance
 
-__all__ = ["cli", "describe", "err", "out", "pass_ctx", "progress_bar"]
+__all__ = ["cli", "describe", "err", "lit", "out", "pass_ctx", "progress_bar"]
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+
+def lit(value: object) -> str:
+    """``value`` as text that Rich prints literally inside a markup template.
+
+    Paths, headings, queries, document text and error messages come from users and their
+    documents: ``[/INST]`` or ``x[i]`` in them must print as written, not as markup.
+    """
+    return escape(str(value))
+
+
+class _Console(Console):
+    """A console on which text that is not valid markup prints literally instead of
+    raising: the safety net behind :func:`lit` for any value a template forgot to wrap."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        try:
+            super().print(*objects, **kwargs)
+        except MarkupError:
+            super().print(*objects, **{**kwargs, "markup": False})
+
+
+out: Console = _Console(highlight=False, soft_wrap=True)
+err: Console = _Console(stderr=True, highlight=False)
 
 
 def describe(model: type, name: str) -> str:
@@ -83,13 +106,13 @@ def progress_bar(label: str, enabled: bool) -> Iterator[Any]:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[item]}", style="dim"),
+        TextColumn("{task.fields[item]}", style="dim", markup=False),
         console=err,
         transient=True,
         disable=not enabled,
     )
     with progress:
-        task = progress.add_task(label, total=None, item="")
+        task = progress.add_task(lit(label), total=None, item="")
 
         def update(done: int, total: int, item: str = "") -> None:
             name = os.path.basename(item)

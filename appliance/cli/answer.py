@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from appliance.batch import run_batch
-from appliance.cli._base import AppContext, cli, err, out, pass_ctx
+from appliance.cli._base import AppContext, cli, err, lit, out, pass_ctx
 from appliance.pipeline import MODES, Pipeline
 from appliance.types import Answer
 
@@ -27,12 +27,12 @@ def _print_sources(answer: Answer) -> None:
         if answer.closest:
             out.print("[dim]Closest sources:[/]")
         for c in answer.closest:
-            out.print(f"  [dim]- {os.path.basename(c.path)}  {c.heading}[/]")
+            out.print(f"  [dim]- {lit(os.path.basename(c.path))}  {lit(c.heading)}[/]")
         return
     if not answer.citations:
         out.print("[yellow]No source cited.[/]")
     for c in answer.citations:
-        out.print(f"  [bold][{c.n}][/] {c.path}  [green]{c.heading}[/]")
+        out.print(f"  [bold]\\[{c.n}][/] {lit(c.path)}  [green]{lit(c.heading)}[/]")
 
 
 def _timing_line(answer: Answer) -> str:
@@ -72,9 +72,9 @@ def ask(c: AppContext, question: str, kb: str, mode: str | None, model: str | No
     if as_json:
         click.echo(json.dumps(answer.to_json(), ensure_ascii=False))
         return
-    out.print() if streamed else out.print(answer.answer)
+    out.print() if streamed else out.print(answer.answer, markup=False)
     _print_sources(answer)
-    err.print(f"[dim]{_timing_line(answer)}[/]")
+    err.print(f"[dim]{lit(_timing_line(answer))}[/]")
 
 
 @cli.command()
@@ -119,15 +119,15 @@ def batch(c: AppContext, questions: Path, output: Path, fmt: str | None, kb: str
                 questions, output,
                 lambda q: pipeline.ask(q.question, id=q.id, kb=kb, mode=mode, model=model),
                 fmt=fmt, progress=on_progress,
-                on_failure=lambda f: err.print(f"[red]failed[/] line {f.line} ({f.id}): "
-                                               f"{f.error}"),
+                on_failure=lambda f: err.print(f"[red]failed[/] line {f.line} ({lit(f.id)}): "
+                                               f"{lit(f.error)}"),
             )
     finally:
         pipeline.close()
     for bad in summary.bad_rows:
-        err.print(f"[yellow]skipped[/] {bad}")
+        err.print(f"[yellow]skipped[/] {lit(bad)}")
     s = summary.to_json()
-    out.print(f"[bold]{output}[/]: {s.get('answered', 0)} answered, "
+    out.print(f"[bold]{lit(output)}[/]: {s.get('answered', 0)} answered, "
               f"{s.get('abstained', 0)} abstained, {len(summary.failed)} failed, "
               f"{s.get('skipped', 0)} already done, {len(summary.bad_rows)} bad rows; "
               f"p50 {summary.p50_ms / 1000:.1f} s, p95 {summary.p95_ms / 1000:.1f} s, "

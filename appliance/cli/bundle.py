@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from appliance.cli._base import AppContext, cli, err, out, pass_ctx
+from appliance.cli._base import AppContext, cli, err, lit, out, pass_ctx
 
 _PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -46,15 +46,15 @@ def bundle_build(c: AppContext, out_dir: Path, kbs: tuple[str, ...], models: tup
     ids = [m.strip() for item in models for m in item.split(",") if m.strip()]
     options = BuildOptions(out=out_dir, kbs=kbs, models=ids, with_train=with_train,
                            python_version=python_version, key=key)
-    report = build_bundle(c.app, options, log=lambda msg: err.print(f"[dim]{msg}[/]"))
+    report = build_bundle(c.app, options, log=lambda msg: err.print(f"[dim]{lit(msg)}[/]"))
     if as_json:
         click.echo(json.dumps(report.to_json()))
         return
-    out.print(f"[bold green]Bundle written[/] to {report.out}: {report.files} files, "
+    out.print(f"[bold green]Bundle written[/] to {lit(report.out)}: {report.files} files, "
               f"{report.bytes / 1e6:.0f} MB, {report.wheels} wheels, models "
               f"{', '.join(report.models)}; knowledge bases {', '.join(report.kbs) or 'none'} "
               f"({report.seconds:.0f} s)")
-    out.print(f"signed by {report.signer}")
+    out.print(f"signed by {report.signer}", markup=False)
     out.print("Give the installer your public key (.pub) or this fingerprint through another "
               "channel than the stick; on the target run: "
               f"sh {report.out}/install.sh --trusted-key bundle-signing.pub")
@@ -69,8 +69,9 @@ def bundle_keygen(out_dir: Path | None, force: bool) -> None:
     from appliance.bundle.keys import generate
 
     pair = generate(out_dir, force=force)
-    out.print(f"private key {pair.private} (keep it here; readable by you only)")
-    out.print(f"public key  {pair.public} (give it to whoever installs your bundles)")
+    out.print(f"private key {pair.private} (keep it here; readable by you only)", markup=False)
+    out.print(f"public key  {pair.public} (give it to whoever installs your bundles)",
+              markup=False)
     out.print(f"fingerprint {pair.fingerprint}")
 
 
@@ -99,11 +100,11 @@ def bundle_verify(directory: Path, trusted_key: Path | None, trusted_fingerprint
     out.print(f"[green]ok[/] {report.files} files, {report.bytes / 1e6:.0f} MB: every sha256 "
               "matches the MANIFEST, and the signature is valid")
     if report.trusted:
-        out.print(f"[green]origin[/] signed by the trusted key {report.signer}")
+        out.print(f"[green]origin[/] signed by the trusted key {lit(report.signer)}")
     else:
-        out.print(f"[yellow]origin not checked[/]: signed by {report.signer}, the key shipped in "
-                  "the bundle; only integrity was checked (pass --trusted-key FILE to check "
-                  "where it comes from)")
+        out.print(f"[yellow]origin not checked[/]: signed by {lit(report.signer)}, the key "
+                  "shipped in the bundle; only integrity was checked (pass --trusted-key FILE "
+                  "to check where it comes from)")
 
 
 @cli.command()
@@ -130,7 +131,8 @@ def doctor(model: str | None, kbs: tuple[str, ...], question: str | None, no_smo
     def show(check: Check) -> None:
         if not as_json:
             mark = "[green]ok  [/]" if check.ok else "[red]FAIL[/]"
-            out.print(f"{mark} {check.name:<16} {check.detail} [dim]({check.seconds:.1f} s)[/]")
+            out.print(f"{mark} {check.name:<16} {lit(check.detail)} "
+                      f"[dim]({check.seconds:.1f} s)[/]")
 
     try:
         checks = run_doctor(app, model=model, kbs=list(kbs) or None, question=question,

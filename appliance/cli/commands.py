@@ -10,7 +10,16 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from appliance.cli._base import AppContext, cli, describe, err, out, pass_ctx, progress_bar
+from appliance.cli._base import (
+    AppContext,
+    cli,
+    describe,
+    err,
+    lit,
+    out,
+    pass_ctx,
+    progress_bar,
+)
 from appliance.config import RetrieveSettings
 from appliance.errors import ApplianceError, InputError
 
@@ -50,10 +59,10 @@ def ingest(c: AppContext, paths: tuple[Path, ...], kb: str, collection: str, pru
         table.add_row("chunks", str(report.chunks))
         table.add_row("seconds", f"{report.seconds:.1f}")
         table.add_row("chunks/s", f"{report.chunks_per_s:.1f}")
-        out.print(f"[bold]Knowledge base '{kb}'[/]")
+        out.print(f"[bold]Knowledge base '{lit(kb)}'[/]")
         out.print(table)
         for f in report.failed:
-            out.print(f"  [red]failed[/] {f.path}: {f.reason}")
+            out.print(f"  [red]failed[/] {lit(f.path)}: {lit(f.reason)}")
     ok = report.added + report.updated + report.unchanged
     if ok == 0 and report.failed:
         sys.exit(4)
@@ -101,7 +110,7 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
             click.echo(json.dumps(result.to_json(), ensure_ascii=False))
             continue
         rerank_ms = result.timings_ms.get("rerank")
-        out.print(f"[bold cyan]? {q}[/]  [dim]({result.timings_ms['embed']:.0f} ms embed, "
+        out.print(f"[bold cyan]? {lit(q)}[/]  [dim]({result.timings_ms['embed']:.0f} ms embed, "
                   f"{result.timings_ms['search']:.0f} ms search"
                   + (f", {rerank_ms:.0f} ms rerank" if rerank_ms is not None else "") + ")[/]")
         if not result.hits:
@@ -116,10 +125,10 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
                     f"rerank {rr:.2f}" if rr is not None else "",
                 ) if part
             )
-            out.print(f"  [bold]{rank}.[/] {hit.path}  [green]{hit.heading}[/]  "
+            out.print(f"  [bold]{rank}.[/] {lit(hit.path)}  [green]{lit(hit.heading)}[/]  "
                       f"[dim]{hit.score:.4f} {channels}[/]")
             snippet = " ".join(hit.text.split())
-            out.print(f"     [dim]{snippet[:160]}{'…' if len(snippet) > 160 else ''}[/]")
+            out.print(f"     [dim]{lit(snippet[:160])}{'…' if len(snippet) > 160 else ''}[/]")
 
 
 # -- demo --------------------------------------------------------------------------------------
@@ -143,7 +152,7 @@ def demo(c: AppContext, kb: str, corpus: Path | None, answers: int, model: str |
 
     target = corpus or c.app.settings.home / "demo" / "pydoc-topics"
     changed = write_pydoc_corpus(target)
-    out.print(f"[bold]Demo corpus[/] {target} ({changed} files written)")
+    out.print(f"[bold]Demo corpus[/] {lit(target)} ({changed} files written)")
     with progress_bar("Ingesting", True) as update:
         report = c.app.ingest([target], kb=kb, progress=update)
     out.print(f"ingested: {report.added} added, {report.updated} updated, {report.unchanged} "
@@ -154,19 +163,19 @@ def demo(c: AppContext, kb: str, corpus: Path | None, answers: int, model: str |
     pipeline = Pipeline(c.app)
     try:
         for q in SAMPLE_QUESTIONS[:answers]:
-            out.print(f"\n[bold cyan]? {q}[/]")
+            out.print(f"\n[bold cyan]? {lit(q)}[/]")
             answer = pipeline.ask(q, kb=kb, model=model)
-            out.print(answer.answer)
+            out.print(answer.answer, markup=False)
             for cite in answer.citations:
-                out.print(f"  [bold][{cite.n}][/] {os.path.basename(cite.path)}  "
-                          f"[green]{cite.heading}[/]")
+                out.print(f"  [bold]\\[{cite.n}][/] {lit(os.path.basename(cite.path))}  "
+                          f"[green]{lit(cite.heading)}[/]")
             t = answer.timings_ms
-            out.print(f"  [dim]{answer.model}: {t.get('total', 0) / 1000:.1f} s, "
+            out.print(f"  [dim]{lit(answer.model)}: {t.get('total', 0) / 1000:.1f} s, "
                       f"{answer.tokens_per_s:.1f} tokens/s[/]")
     finally:
         pipeline.close()
-    out.print(f"\nAsk your own: [bold]appliance ask \"...\" --kb {kb}[/]  "
-              f"(or [bold]appliance tui --kb {kb}[/])")
+    out.print(f"\nAsk your own: [bold]appliance ask \"...\" --kb {lit(kb)}[/]  "
+              f"(or [bold]appliance tui --kb {lit(kb)}[/])")
 
 
 # -- kb ----------------------------------------------------------------------------------------
@@ -188,12 +197,12 @@ def kb_list(c: AppContext, as_json: bool) -> None:
         return
     if not stats:
         out.print(f"No knowledge bases in {c.app.settings.kb_dir}; create one with "
-                  "`appliance ingest PATH`.")
+                  "`appliance ingest PATH`.", markup=False)
         return
     table = Table("name", "documents", "chunks", "size", "embedder")
     for s in stats:
-        table.add_row(s["name"], str(s["documents"]), str(s["chunks"]),
-                      f"{s['size_bytes'] / 1e6:.1f} MB", str(s["embedder"]))
+        table.add_row(lit(s["name"]), str(s["documents"]), str(s["chunks"]),
+                      f"{s['size_bytes'] / 1e6:.1f} MB", lit(s["embedder"]))
     out.print(table)
 
 
@@ -208,7 +217,7 @@ def kb_stats(c: AppContext, name: str, as_json: bool) -> None:
         click.echo(json.dumps(s))
         return
     for key, value in s.items():
-        out.print(f"[bold]{key:>15}[/]  {value}")
+        out.print(f"[bold]{key:>15}[/]  {lit(value)}")
 
 
 @kb.command("check")
@@ -219,9 +228,9 @@ def kb_check(c: AppContext, name: str) -> None:
     problems = c.app.kb_check(name)
     if problems:
         for p in problems:
-            err.print(f"[red]problem[/] {p}")
+            err.print(f"[red]problem[/] {lit(p)}")
         sys.exit(3)
-    out.print(f"[green]ok[/] knowledge base '{name}' is consistent")
+    out.print(f"[green]ok[/] knowledge base '{lit(name)}' is consistent")
 
 
 @kb.command("remove")
@@ -233,7 +242,7 @@ def kb_remove(c: AppContext, name: str, yes: bool) -> None:
     if not yes and not click.confirm(f"Delete knowledge base '{name}'?", err=True):
         sys.exit(1)
     c.app.kb_remove(name)
-    out.print(f"removed '{name}'")
+    out.print(f"removed '{name}'", markup=False)
 
 
 @kb.command("reembed")
@@ -243,7 +252,7 @@ def kb_reembed(c: AppContext, name: str) -> None:
     """Rebuild a knowledge base's vectors with the current embedder."""
     with progress_bar("Re-embedding", True) as update:
         n = c.app.kb_reembed(name, progress=lambda d, t: update(d, t))
-    out.print(f"re-embedded {n} chunks of '{name}' with {c.app.embedder.id}")
+    out.print(f"re-embedded {n} chunks of '{name}' with {c.app.embedder.id}", markup=False)
 
 
 # -- models --------------------------------------------------------------------------------------
@@ -265,7 +274,7 @@ def models_list(c: AppContext, as_json: bool) -> None:
         return
     table = Table("id", "role", "origin", "default", "size", "present")
     for e in entries:
-        table.add_row(e.id, e.role, e.origin, "yes" if e.default else "",
+        table.add_row(lit(e.id), e.role, e.origin, "yes" if e.default else "",
                       f"{(e.size or 0) / 1e6:.0f} MB", "yes" if e.path.is_file() else "[red]no[/]")
     out.print(table)
 
@@ -278,10 +287,10 @@ def models_verify(c: AppContext) -> None:
     for e in c.app.registry:
         try:
             c.app.registry.resolve(e.id)
-            out.print(f"[green]ok[/]   {e.id}")
+            out.print(f"[green]ok[/]   {lit(e.id)}")
         except ApplianceError as exc:
             bad += 1
-            err.print(f"[red]fail[/] {e.id}: {exc.message}")
+            err.print(f"[red]fail[/] {lit(e.id)}: {lit(exc.message)}")
     if bad:
         sys.exit(5)
 

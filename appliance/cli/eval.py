@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from appliance.cli._base import AppContext, cli, err, out, pass_ctx, progress_bar
+from appliance.cli._base import AppContext, cli, err, lit, out, pass_ctx, progress_bar
 from appliance.errors import InputError, KnowledgeBaseNotFoundError
 
 DEFAULT_MODES = "base,rag,ft,hybrid"
@@ -58,8 +58,8 @@ def eval_command(c: AppContext, eval_set: Path, kb: str, modes: str | None, mode
     mode_list = parse_modes(modes or DEFAULT_MODES)
     data = load_eval_set(eval_set, articles=articles, limit=limit)
     for bad in data.bad_rows:
-        err.print(f"[yellow]skipped[/] {eval_set.name} {bad}")
-    err.print(f"[bold]Eval set[/] {data.describe()}")
+        err.print(f"[yellow]skipped[/] {lit(eval_set.name)} {lit(bad)}")
+    err.print(f"[bold]Eval set[/] {lit(data.describe())}")
     app = c.app
     if data.kind == "squad" and (force_ingest or kb not in app.list_kbs()):
         with progress_bar(f"Ingesting into '{kb}'", not as_json) as update:
@@ -88,21 +88,21 @@ def eval_command(c: AppContext, eval_set: Path, kb: str, modes: str | None, mode
         click.echo(json.dumps(report, ensure_ascii=False))
         return
     for mode, reason in report["skipped"].items():
-        err.print(f"[yellow]{mode} skipped[/]: {reason}.")
+        err.print(f"[yellow]{mode} skipped[/]: {lit(reason)}.")
     for note in report["notes"]:
-        err.print(f"[yellow]note[/] {note}")
+        err.print(f"[yellow]note[/] {lit(note)}")
     header, rows = mode_table(report)
     table = Table(*header)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(lit(cell) for cell in row))
     out.print(table)
     if report["retrieval"]:
         r = report["retrieval"]
         out.print("retrieval: " + "  ".join(
             f"{k} {r[k]:.2f}" for k in ("hit@1", "hit@5", "hit@10", "mrr", "ndcg@10")
             if r.get(k) is not None))
-    out.print(f"[bold]Decision:[/] {report['decision']['headline']}")
-    out.print("report: " + ", ".join(str(p) for p in paths.values()))
+    out.print(f"[bold]Decision:[/] {lit(report['decision']['headline'])}")
+    out.print("report: " + ", ".join(str(p) for p in paths.values()), markup=False)
 
 
 @cli.command("eval-retrieval")
@@ -128,10 +128,10 @@ def eval_retrieval(c: AppContext, folder: Path, k: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
         return
-    out.print(f"[bold]{folder}[/]: {result['documents']} documents ({result['chunks']} chunks), "
-              f"{result['queries']} judged queries, top {k}")
+    out.print(f"[bold]{lit(folder)}[/]: {result['documents']} documents "
+              f"({result['chunks']} chunks), {result['queries']} judged queries, top {k}")
     for f in result["failed"]:
-        err.print(f"  [yellow]not ingested[/] {f}")
+        err.print(f"  [yellow]not ingested[/] {lit(f)}")
     table = Table("mode", "nDCG@10", "recall@10", f"recall@{k}", "MRR@10")
     for mode, m in result["modes"].items():
         table.add_row(mode, f"{m['ndcg@10']:.3f}", f"{m['recall@10']:.3f}",

@@ -17,7 +17,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from appliance.cli._base import AppContext, cli, err, out, pass_ctx, progress_bar
+from appliance.cli._base import AppContext, cli, err, lit, out, pass_ctx, progress_bar
 from appliance.cli.commands import models
 from appliance.errors import InputError
 from appliance.train.config import PRECISIONS, QUANT_TYPES, RunOptions, TrainConfig
@@ -30,10 +30,10 @@ def _print_report(report: DataReport, limit: int = 20) -> None:
     counts = report.counts()
     parts = [f"{counts['examples']} valid", f"{counts['invalid']} invalid"]
     parts += [f"{counts[k]} {label}" for k, label in KIND_LABELS.items() if counts[k]]
-    err.print(f"[bold]{report.path}[/]: {counts['lines']} examples: " + ", ".join(parts))
+    err.print(f"[bold]{lit(report.path)}[/]: {counts['lines']} examples: " + ", ".join(parts))
     for issue in report.issues[:limit]:
-        err.print(f"  [red]line {issue.line}[/]{', ' + issue.field if issue.field else ''}: "
-                  f"{issue.message}")
+        err.print(f"  [red]line {issue.line}[/]{', ' + lit(issue.field) if issue.field else ''}: "
+                  f"{lit(issue.message)}")
     more = sum(report.issue_counts.values()) - min(limit, len(report.issues))
     if more > 0:
         err.print(f"  … and {more} more")
@@ -116,11 +116,11 @@ def train(c: AppContext, data: Path, base: str, out_id: str | None, epochs: int,
     options = RunOptions(save_every=save_every, resume=resume, device=device, threads=threads,
                          precision=precision)
     counts = report.counts()
-    err.print(f"[bold]data[/] {data}: {counts['examples']} examples, {counts['assistant']} "
+    err.print(f"[bold]data[/] {lit(data)}: {counts['examples']} examples, {counts['assistant']} "
               f"assistant turns")
 
     def log(msg: str) -> None:
-        err.print(f"[dim]{msg}[/]")
+        err.print(f"[dim]{lit(msg)}[/]")
 
     with progress_bar("Training", not as_json) as update:
         def progress(step: int, total: int, info: dict[str, Any]) -> None:
@@ -140,8 +140,8 @@ def train(c: AppContext, data: Path, base: str, out_id: str | None, epochs: int,
     m = result.metrics
     table = Table(show_header=False, box=None, pad_edge=False)
     if entry is not None:
-        table.add_row("id", entry.id)
-        table.add_row("file", str(entry.path))
+        table.add_row("id", lit(entry.id))
+        table.add_row("file", lit(entry.path))
         table.add_row("size", f"{(entry.size or 0) / 1e6:.0f} MB")
         table.add_row("sha256", entry.sha256)
     table.add_row("steps", f"{m.get('steps')} ({'resumed from ' + str(result.resumed_from) if result.resumed_from else 'fresh'})")  # noqa: E501
@@ -152,7 +152,7 @@ def train(c: AppContext, data: Path, base: str, out_id: str | None, epochs: int,
     table.add_row("parity", result.parity.summary())
     table.add_row("seconds", ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
     if result.adapter_gguf:
-        table.add_row("adapter GGUF", str(result.adapter_gguf))
+        table.add_row("adapter GGUF", lit(result.adapter_gguf))
     out.print(table)
 
 
@@ -255,7 +255,7 @@ def train_data_grounded(c: AppContext, output: Path, squad: Path, split: str, kb
                                           exclude_articles=[a.title for a in held])
     n = write_chat_jsonl(examples, output)
     table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_row("written", f"{n} examples to {output}")
+    table.add_row("written", f"{n} examples to {lit(output)}")
     table.add_row("answer (cited)", str(report.answer))
     table.add_row("abstain: unanswerable", str(report.abstain_unanswerable))
     table.add_row("abstain: hard negative", str(report.abstain_hard_negative))
@@ -264,8 +264,8 @@ def train_data_grounded(c: AppContext, output: Path, squad: Path, split: str, kb
     table.add_row("skipped", str(report.skipped))
     if report.held_out_questions:
         table.add_row("questions held out", str(report.held_out_questions))
-    table.add_row("articles", ", ".join(report.articles))
-    table.add_row("held out", ", ".join(report.held_out) or "none")
+    table.add_row("articles", lit(", ".join(report.articles)))
+    table.add_row("held out", lit(", ".join(report.held_out)) or "none")
     out.print(table)
 
 
@@ -329,7 +329,7 @@ def models_remove(c: AppContext, model_id: str, yes: bool, keep_run: bool) -> No
     run = c.app.settings.home / "train" / model_id
     if run.is_dir() and not keep_run:
         shutil.rmtree(run, ignore_errors=True)
-    out.print(f"removed '{model_id}'")
+    out.print(f"removed '{model_id}'", markup=False)
 
 
 # -- models build ------------------------------------------------------------------------------
@@ -353,5 +353,5 @@ def models_build(c: AppContext, force: bool) -> None:
         out.print("no adapters in models/adapters; nothing to build")
         return
     require_train_packages()
-    ids = build_packaged(c.app.settings, lambda msg: err.print(f"[dim]{msg}[/]"), force=force)
-    out.print(f"built: {', '.join(ids)}")
+    ids = build_packaged(c.app.settings, lambda msg: err.print(f"[dim]{lit(msg)}[/]"), force=force)
+    out.print(f"built: {', '.join(ids)}", markup=False)

@@ -56,7 +56,7 @@ def feedback_export(c: AppContext, output: Path, kb: str | None, as_json: bool) 
     if as_json:
         click.echo(json.dumps(report.to_json()))
         return
-    out.print(f"wrote {report.written} examples to {output}")
+    out.print(f"wrote {report.written} examples to {output}", markup=False)
     if report.skipped_bad:
         out.print(f"  skipped {report.skipped_bad} answers marked bad without a correction")
     if report.skipped_sources:
