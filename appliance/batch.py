@@ -303,36 +303,58 @@ def journal_path(output: Path, fmt: str) -> Path:
     return output if fmt == "jsonl" else output.with_name(output.name + ".partial.jsonl")
 
 
+_RECORD_START = b'{"id": '
+"""How every record line this module writes begins (``json.dumps`` of an Answer record)."""
+
+
 def read_done(journal: Path) -> dict[str, dict[str, Any]]:
-    """Records already in ``journal`` by id; a torn last line (a kill mid-write) is cut off."""
+    """Records already in ``journal`` by id; a torn last line (a kill mid-write) is cut off.
+
+    Raises InputError, changing nothing, when the file is not a journal of answer records
+    (a complete line that is not a JSON object with a string ``id``, or a torn tail that is
+    not the start of a record): it is someone else's file, and resuming would damage it.
+    """
     if not journal.exists():
         return {}
+    if not journal.is_file():
+        raise InputError(f"{journal} is not a regular file; batch writes and resumes from a "
+                         "file, so give a file path (and `cat` it to a pipe afterwards).")
     data = journal.read_bytes()
     end = data.rfind(b"\n") + 1
-    if end < len(data):
-        tail = data[end:]
-        try:
-            json.loads(tail)
-            complete = False  # a whole record without its newline: keep it, add the newline
-        except ValueError:
-            complete = True
-        with journal.open("r+b") as fh:
-            if complete:
-                fh.truncate(end)
-            else:
-                fh.seek(0, os.SEEK_END)
-                fh.write(b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        data = journal.read_bytes()
     done: dict[str, dict[str, Any]] = {}
-    for line in data.splitlines():
+    for number, line in enumerate(data[:end].splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
         except ValueError:
-            continue
+            record = None
+        if not (isinstance(record, dict) and isinstance(record.get("id"), str)):
+            raise InputError(f"{journal} is not a batch output (line {number} is not an answer "
+                             "record); choose another output file or remove it.")
+        done[record["id"]] = record
+    if end < len(data):
+        tail = data[end:]
+        try:
+            record = json.loads(tail)
+        except ValueError:
+            record = None
         if isinstance(record, dict) and isinstance(record.get("id"), str):
+            complete = True  # a whole record without its newline: keep it, add the newline
             done[record["id"]] = record
+        elif tail.startswith(_RECORD_START):
+            complete = False
+        else:
+            raise InputError(f"{journal} is not a batch output (its last line is not an answer "
+                             "record); choose another output file or remove it.")
+        with journal.open("r+b") as fh:
+            if complete:
+                fh.seek(0, os.SEEK_END)
+                fh.write(b"\n")
+            else:
+                fh.truncate(end)
+            fh.flush()
+            os.fsync(fh.fileno())
     return done
 
 
@@ -340,7 +362,14 @@ def read_done(journal: Path) -> dict[str, dict[str, Any]]:
 def _locked_append(path: Path) -> Iterator[IO[bytes]]:
     import fcntl
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"Cannot create {path}: a part of its folder path is a file; "
+                         "choose another output.") from None
+    if path.exists() and not path.is_file():
+        raise InputError(f"{path} is not a regular file; batch writes and resumes from a "
+                         "file, so give a file path (and `cat` it to a pipe afterwards).")
     with path.open("ab") as fh:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -433,11 +462,23 @@ def run_batch(
     t0 = time.perf_counter()
     output = Path(output)
     fmt = output_format(output, fmt)
+    if output.exists() and output.resolve() == Path(questions_path).resolve():
+        raise InputError(f"{output} is the question file itself; write the answers to "
+                         "another file.")
+    if output.exists() and not output.is_file():
+        raise InputError(f"{output} is not a regular file; batch writes and resumes from a "
+                         "file, so give a file path (and `cat` it to a pipe afterwards).")
     questions, bad = read_questions(Path(questions_path))
     journal = journal_path(output, fmt)
     summary = BatchSummary(total=len(questions), bad_rows=bad, output=str(output))
     with _locked_append(journal) as fh:
         done = read_done(journal)
+        for q in questions:
+            previous = done.get(q.id, {}).get("question")
+            if isinstance(previous, str) and _clean(previous) != q.question:
+                raise InputError(
+                    f"{journal} already answers id '{q.id}' with another question than line "
+                    f"{q.line} asks; give the questions new ids or choose another output.")
         todo = [q for q in questions if q.id not in done]
         summary.skipped = len(questions) - len(todo)
         spent = 0.0

@@ -207,6 +207,43 @@ def test_torn_last_line_is_cut_and_redone(tmp_path: Path) -> None:
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["q1", "q2", "q3"]
 
 
+def test_a_file_that_is_not_a_batch_output_is_left_alone(tmp_path: Path) -> None:
+    qs = write(tmp_path / "q.txt", "What is A?\n")
+    pretty = tmp_path / "report.json"
+    pretty.write_text('{\n "id": "x",\n "question": "hi"\n}', encoding="utf-8")
+    text = tmp_path / "notes.jsonl"
+    text.write_text("my notes, no newline at the end", encoding="utf-8")
+    for path in (pretty, text):
+        before = path.read_bytes()
+        with pytest.raises(InputError, match="not a batch output"):
+            run_batch(qs, path, fake_answer)
+        assert path.read_bytes() == before  # nothing cut, nothing appended
+
+
+def test_output_must_be_a_regular_file_other_than_the_input(tmp_path: Path) -> None:
+    qs = write(tmp_path / "q.jsonl", '{"id": "a", "question": "What is A?"}\n')
+    with pytest.raises(InputError, match="question file itself"):
+        run_batch(qs, qs, fake_answer)
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):  # reading it back would hang
+        run_batch(qs, fifo, fake_answer)
+    with pytest.raises(InputError, match="part of its folder path is a file"):
+        run_batch(qs, qs / "out.jsonl", fake_answer)
+
+
+def test_resume_refuses_an_id_that_now_asks_another_question(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    run_batch(write(tmp_path / "q.txt", "What is A?\n"), out, fake_answer)
+    again = run_batch(write(tmp_path / "q.txt", "What   is A?\n"), out, fake_answer)
+    assert again.skipped == 1  # the same question, spaced differently
+    before = out.read_bytes()
+    with pytest.raises(InputError, match="id 'q1' with another question than line 1"):
+        run_batch(write(tmp_path / "q.txt", "What is the capital of France?\n"), out,
+                  fake_answer)
+    assert out.read_bytes() == before
+
+
 @pytest.mark.parametrize("fmt", ["csv", "md"])
 def test_csv_and_markdown_outputs_use_a_journal(tmp_path: Path, fmt: str) -> None:
     qfile = _questions(tmp_path)
