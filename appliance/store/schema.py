@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import apsw
+
+from appliance.errors import KnowledgeBaseError
 
 __all__ = [
     "FTS_TOKENIZE",
     "FTS_TOKENIZER",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "SchemaState",
     "create_vector_table",
+    "foreign_file_error",
     "migrate",
+    "schema_state",
 ]
 
 FTS_TOKENIZER = ("porter", ("unicode61", "remove_diacritics", "2"))
@@ -87,12 +93,60 @@ MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_m1, _m2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+SchemaState = Literal["empty", "kb", "foreign"]
+"""What a SQLite file holds, as :func:`schema_state` tells it."""
+
+
+def schema_state(conn: apsw.Connection) -> SchemaState:
+    """Whether the open file is a knowledge base, without writing to it.
+
+    ``"kb"``: it has the ``meta`` table with a ``schema_version`` row. Migration 1 creates
+    that table and every migration writes that row in the transaction that bumps
+    ``user_version``, so each knowledge base, at any schema version, has both.
+    ``"empty"``: it holds no schema object (a new or zero-byte file, or one whose first
+    migration never committed), so migrating it loses nothing. ``"foreign"``: anything
+    else, another program's database, which must be left alone.
+    """
+    names = {
+        str(name)
+        for (name,) in conn.execute("SELECT name FROM sqlite_master")
+        if not str(name).startswith("sqlite_")  # SQLite's own (sqlite_stat1, ...)
+    }
+    if not names:
+        return "empty"
+    if "meta" not in names:
+        return "foreign"
+    try:
+        marker = conn.execute(
+            "SELECT 1 FROM meta WHERE key = 'schema_version'"
+        ).fetchall()
+    except apsw.SQLError:  # a ``meta`` of some other shape (not a table, other columns)
+        return "foreign"
+    return "kb" if marker else "foreign"
+
+
+def foreign_file_error(path: str) -> KnowledgeBaseError:
+    """The error for a file at a knowledge base's path that holds another program's tables."""
+    return KnowledgeBaseError(
+        f"{path} is not an appliance knowledge base (it holds other tables); choose another "
+        "--kb name or move the file."
+    )
+
+
 def migrate(conn: apsw.Connection) -> int:
     """Apply every migration newer than the file's ``user_version``; return the old version.
 
-    Each migration runs in its own transaction together with the version bump.
+    Each migration runs in its own transaction together with the version bump. An empty
+    file starts from migration 1 whatever its ``user_version``; a file that holds tables
+    but is not a knowledge base (:func:`schema_state`) is refused with KnowledgeBaseError
+    and left unchanged.
     """
+    state = schema_state(conn)
+    if state == "foreign":
+        raise foreign_file_error(conn.db_filename("main"))
     current = int(conn.execute("PRAGMA user_version").fetchall()[0][0])  # type: ignore[arg-type]
+    if state == "empty":
+        current = 0
     for number in range(current + 1, SCHEMA_VERSION + 1):
         with conn:
             MIGRATIONS[number - 1](conn)

@@ -30,7 +30,9 @@ from appliance.store.schema import (
     FTS_TOKENIZER,
     SCHEMA_VERSION,
     create_vector_table,
+    foreign_file_error,
     migrate,
+    schema_state,
 )
 from appliance.types import Chunk, Embedder
 
@@ -113,7 +115,13 @@ class ChunkRow:
 
 
 class KnowledgeBase:
-    """One knowledge base file. Use as a context manager, or call :meth:`close`."""
+    """One knowledge base file. Use as a context manager, or call :meth:`close`.
+
+    An existing file is migrated only when it is a knowledge base, or when it is empty (no
+    tables) and ``create`` is set, as ingest does. Another program's database is refused
+    with KnowledgeBaseError, and an empty file opened without ``create`` is reported as
+    KnowledgeBaseNotFoundError; both are left unchanged.
+    """
 
     def __init__(
         self,
@@ -137,27 +145,11 @@ class KnowledgeBase:
         )
         try:
             self.conn = apsw.Connection(str(path), flags=flags)
-            self.conn.set_busy_timeout(busy_timeout_ms)
-            self.conn.enable_load_extension(True)
-            self.conn.load_extension(sqlite_vec.loadable_path())
-            self.conn.enable_load_extension(False)
-            if not readonly:
-                self.conn.execute("PRAGMA journal_mode=WAL")
-                self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.execute("PRAGMA foreign_keys=ON")
-            self.conn.execute(f"PRAGMA mmap_size={1 << 30}")
-            version = int(_one(self.conn, "PRAGMA user_version"))
-            if version > SCHEMA_VERSION:
-                raise KnowledgeBaseError(
-                    f"{path} was written by a newer appliance (schema {version}, this one "
-                    f"knows {SCHEMA_VERSION}); upgrade appliance to open it."
-                )
-            if version < SCHEMA_VERSION:
-                if readonly:
-                    raise KnowledgeBaseError(
-                        f"{path} needs a schema upgrade; open it once without read-only mode."
-                    )
-                migrate(self.conn)
+            try:
+                self._open(create=create, readonly=readonly, busy_timeout_ms=busy_timeout_ms)
+            except BaseException:
+                self.conn.close()
+                raise
         except apsw.BusyError as exc:
             raise StoreBusyError(
                 f"{path} is locked by another writer; wait for it to finish and retry."
@@ -168,6 +160,44 @@ class KnowledgeBase:
             ) from exc
         except apsw.CantOpenError as exc:
             raise KnowledgeBaseError(f"Cannot open {path}: {exc}; check permissions.") from exc
+
+    def _open(self, *, create: bool, readonly: bool, busy_timeout_ms: int) -> None:
+        """Set up a new connection; migrate (and so write) only a knowledge base, or an
+        empty file when ``create`` asks for one. Nothing is written before the file has
+        been found to be one of those."""
+        path, conn = self.path, self.conn
+        conn.set_busy_timeout(busy_timeout_ms)
+        conn.enable_load_extension(True)
+        conn.load_extension(sqlite_vec.loadable_path())
+        conn.enable_load_extension(False)
+        state = schema_state(conn)  # reads only: the checks below must come before any write
+        if state == "foreign":
+            raise foreign_file_error(str(path))
+        if state == "empty" and (readonly or not create):
+            # a zero-byte or table-less file (an interrupted first ingest): only the write
+            # path may initialise it; reading it must leave it as it is
+            raise KnowledgeBaseNotFoundError(
+                f"Knowledge base '{path.stem}' at {path} is empty (no tables yet, perhaps from "
+                f"an interrupted first ingest); fill it with `appliance ingest PATH --kb "
+                f"{path.stem}` or remove the file."
+            )
+        if not readonly:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA mmap_size={1 << 30}")
+        version = 0 if state == "empty" else int(_one(conn, "PRAGMA user_version"))
+        if version > SCHEMA_VERSION:
+            raise KnowledgeBaseError(
+                f"{path} was written by a newer appliance (schema {version}, this one "
+                f"knows {SCHEMA_VERSION}); upgrade appliance to open it."
+            )
+        if version < SCHEMA_VERSION:
+            if readonly:
+                raise KnowledgeBaseError(
+                    f"{path} needs a schema upgrade; open it once without read-only mode."
+                )
+            migrate(conn)
 
     # -- lifecycle -------------------------------------------------------------------------
 
