@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
+from appliance.evaluate.metrics import is_gold_source
 from appliance.evaluate.squad import (
     DEV_ARTICLES,
     TEST_ARTICLES,
@@ -261,9 +264,46 @@ def test_write_corpus_round_trips(tmp_path: Path) -> None:
 
 def test_corpus_names() -> None:
     assert corpus_file_name("1973_oil_crisis", 7) == "1973_oil_crisis_007.txt"
-    assert corpus_file_name("a/b c", 12) == "a_b_c_012.txt"
+    assert corpus_file_name("Normans", 0) == "Normans_000.txt"
+    assert corpus_file_name("French_and_Indian_War", 3) == "French_and_Indian_War_003.txt"
+    digest = hashlib.sha256(b"a/b c").hexdigest()[:8]
+    assert corpus_file_name("a/b c", 12) == f"a_b_c-{digest}_012.txt"
     assert parse_corpus_name("x/Normans_012.txt") == ("Normans", 12)
+    assert parse_corpus_name(f"a_b_c-{digest}_012.txt") == (f"a_b_c-{digest}", 12)
     assert parse_corpus_name("notes.txt") is None
+
+
+@pytest.mark.parametrize(
+    "titles",
+    [
+        ["東京", "北京"],  # nothing ASCII is left of either
+        ["C++", "C#", "C"],
+        ["a b", "a_b", "a/b", "_a_b_"],
+        ["", "article", "\u00e9"],
+    ],
+)
+def test_lossy_titles_get_distinct_names(titles: list[str], tmp_path: Path) -> None:
+    names = {corpus_file_name(t, 0) for t in titles}
+    assert len(names) == len(titles)
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+_000\.txt", n) for n in names)
+    articles = [Article(t, [Paragraph(f"about {t}"), Paragraph("more")]) for t in titles]
+    paths = write_corpus(articles, tmp_path)
+    assert len({p.name for p in paths}) == 2 * len(titles)
+    for article, path in zip(articles, paths[::2], strict=True):
+        context = article.paragraphs[0].context.strip()
+        assert path.read_text(encoding="utf-8") == f"{article.title}\n\n{context}\n"
+        parsed = parse_corpus_name(str(path))
+        assert parsed is not None and parsed == (path.name.rsplit("_", 1)[0], 0)
+
+
+def test_gold_sources_of_lossy_titles_match_the_corpus(tmp_path: Path) -> None:
+    articles = [Article(t, [Paragraph(f"Text about {t}.")]) for t in ("C++", "C#", "Normans")]
+    paths = write_corpus(articles, tmp_path / "corpus")
+    for article, path in zip(articles, paths, strict=True):
+        gold = [corpus_file_name(article.title, 0)]
+        assert is_gold_source(str(path), gold)
+        assert [is_gold_source(str(p), gold) for p in paths].count(True) == 1
+    assert paths[2].name == "Normans_000.txt"
 
 
 def test_module_imports_nothing_heavy() -> None:

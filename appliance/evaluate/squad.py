@@ -198,13 +198,27 @@ _CORPUS_NAME = re.compile(r"^(?P<article>.+)_(?P<index>\d{3,})\.txt$")
 
 
 def corpus_file_name(title: str, paragraph_index: int) -> str:
-    """``<Article>_<nnn>.txt``: the file :func:`write_corpus` writes for one paragraph."""
-    safe = _UNSAFE.sub("_", title).strip("_") or "article"
+    """``<Article>_<nnn>.txt``: the file :func:`write_corpus` writes for one paragraph.
+
+    ``<Article>`` is the title itself when that is a safe file name (ASCII letters, digits,
+    ``_`` and ``-``, not starting or ending with ``_``). Otherwise it is the title with each
+    run of other characters turned into ``_`` (``article`` if nothing is left), then ``-``
+    and 8 hex digits of the title's sha256, so titles that lose different characters
+    (``C++`` and ``C#``, or two CJK titles) still get different names.
+    """
+    safe = _UNSAFE.sub("_", title).strip("_")
+    if not safe or safe != title:
+        digest = hashlib.sha256(title.encode("utf-8")).hexdigest()[:8]
+        safe = f"{safe or 'article'}-{digest}"
     return f"{safe}_{paragraph_index:03d}.txt"
 
 
 def parse_corpus_name(name: str) -> tuple[str, int] | None:
-    """(article, paragraph index) of a corpus file name or path; None if not one."""
+    """(article, paragraph index) of a corpus file name or path; None if not one.
+
+    The article is the ``<Article>`` part of :func:`corpus_file_name`: the title only
+    where the title is a safe file name.
+    """
     match = _CORPUS_NAME.match(Path(name).name)
     if match is None:
         return None
