@@ -192,8 +192,9 @@ def _read_jsonl(text: str) -> Iterator[_Row | BadRow]:
             continue
         raw_id = row.get("id")
         extra = {k: v for k, v in row.items() if k not in ("id", "question")}
-        if raw_id is not None and not isinstance(raw_id, (str, int)):
-            yield BadRow(n, "field 'id' must be a string or a number")
+        if raw_id is not None and (not isinstance(raw_id, (str, int))
+                                   or isinstance(raw_id, bool)):
+            yield BadRow(n, "field 'id' must be a string or a whole number")
             continue
         yield n, None if raw_id in (None, "") else str(raw_id), row["question"], extra
 

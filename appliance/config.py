@@ -186,6 +186,11 @@ class AnswerSettings(_Section):
         "abstention's first token lowered by this much). None: the answering model's own "
         "calibrated value from the registry (0 when it has none).",
     )
+    max_question_chars: int = Field(
+        4000, ge=64, description="Longest question accepted, in characters: a longer one is "
+        "refused with a clear error (in a batch, that row fails) instead of being answered "
+        "from a truncated query.",
+    )
 
 
 class GenerateSettings(_Section):
@@ -286,6 +291,9 @@ def load_settings(home: Path | None = None, **overrides: dict[str, Any]) -> Sett
     ``overrides`` maps a section name to field values, e.g. ``ingest={"chunk_tokens": 128}``.
     """
     base = Path(home).expanduser().resolve() if home else data_dir()
+    if base.exists() and not base.is_dir():
+        raise ConfigError(f"The data directory {base} is a file, not a folder; point "
+                          "APPLIANCE_HOME at a folder.")
     raw: dict[str, Any] = {}
     cfg = base / "config.toml"
     if cfg.is_file():

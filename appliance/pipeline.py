@@ -135,6 +135,10 @@ def answer(
     if mode not in MODES:
         raise InputError(f"Unknown mode '{mode}'; use one of {', '.join(MODES)}.")
     config = config or settings.answer
+    if len(text) > config.max_question_chars:
+        raise InputError(
+            f"The question is {len(text):,} characters long, over the limit of "
+            f"{config.max_question_chars:,} (answer.max_question_chars); ask a shorter one.")
     timings = {"embed": 0.0, "search": 0.0, "prompt": 0.0, "generate": 0.0, "total": 0.0}
     record = Answer(
         id=id or question_id(text), question=text, answer="", abstained=False, citations=[],

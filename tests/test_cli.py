@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from appliance.cli import cli, main
 from tests.conftest import run_cli
 
 
@@ -58,3 +61,48 @@ def test_markup_in_documents_queries_and_names_prints_literally(tmp_path: Path) 
         proc = run_cli(*args, home=home)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert "not a valid knowledge base name" in proc.stderr and "[/" in proc.stderr
+
+
+def test_small_input_mistakes_are_one_sentence(tmp_path: Path) -> None:
+    def said(*args: str, home: Path) -> tuple[int, str]:
+        proc = run_cli(*args, home=home)
+        return proc.returncode, " ".join(proc.stderr.split())  # unwrapped
+
+    home_file = tmp_path / "home-file"
+    home_file.write_text("not a folder")
+    code, text = said("kb", "list", home=home_file)
+    assert code == 2 and "is a file, not a folder" in text
+    home = tmp_path / "home"
+    code, text = said("kb", "remove", "nosuch", home=home)  # no prompt for what is not there
+    assert code == 3 and "does not exist" in text and "[y/N]" not in text
+    queries = tmp_path / "q.txt"
+    queries.write_text("\n  \n", encoding="utf-8")
+    code, text = said("search", "--queries", str(queries), "--kb", "x", home=home)
+    assert code == 2 and "holds no query" in text
+    code, text = said("search", "also this", "--queries", str(queries), home=home)
+    assert code == 2 and "not both" in text
+
+
+def test_kb_list_shows_good_knowledge_bases_beside_a_broken_one(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nQuokkas live on Rottnest Island.\n", encoding="utf-8")
+    home = tmp_path / "home"
+    assert run_cli("ingest", str(docs), "--kb", "good", home=home).returncode == 0
+    (home / "kb" / "broken.sqlite").write_bytes(b"garbage" * 100)
+    proc = run_cli("kb", "list", home=home)
+    assert proc.returncode == 3 and "good" in proc.stdout and "unreadable" in proc.stdout
+
+
+def test_ctrl_c_says_what_is_kept(capsys: pytest.CaptureFixture[str]) -> None:
+    @cli.command("interrupt-me", hidden=True)
+    def interrupt_me() -> None:
+        raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["interrupt-me"])
+    finally:
+        cli.commands.pop("interrupt-me")
+    assert exit_info.value.code == 130
+    assert "everything committed so far is kept" in capsys.readouterr().err

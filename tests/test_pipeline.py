@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +224,10 @@ def test_bad_questions_and_modes(settings: Settings) -> None:
         answer("q?", generator=gen, settings=settings, mode="magic")
     with pytest.raises(InputError, match="knowledge base"):
         answer("q?", generator=gen, settings=settings, mode="rag", retriever=None)
+    limit = settings.answer.max_question_chars
+    with pytest.raises(InputError, match=f"over the limit of {limit:,}"):
+        answer("why " * limit, generator=gen, settings=settings, mode="base")
+    assert gen.calls == []  # refused before any generation
 
 
 def test_default_id_is_stable(settings: Settings) -> None:
@@ -365,7 +368,6 @@ def test_real_model_answers_with_record_fields(tmp_path: Path) -> None:
     app = _tiny_app(tmp_path)
     pipe = Pipeline(app)
     try:
-        t0 = time.perf_counter()
         streamed: list[str] = []
         first = pipe.ask("How often does the ferry to Kelby Island leave?", kb="tiny",
                          mode="rag", model=SMOL, id="f1", on_token=streamed.append)
@@ -390,7 +392,6 @@ def test_real_model_answers_with_record_fields(tmp_path: Path) -> None:
         assert gen.last_stats.cached_tokens > 0 or cached_before > 0  # type: ignore[attr-defined]
         assert off_topic.abstained and off_topic.answer == ABSTAIN_SENTENCE
         assert off_topic.citations == []
-        assert time.perf_counter() - t0 < 60
     finally:
         pipe.close()
         app.close()

@@ -30,8 +30,12 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="appliance", standalone_mode=False)
-    except click.exceptions.Abort:
-        err.print("Aborted.")
+    except click.exceptions.Abort as exc:
+        # click turns Ctrl-C into Abort; a declined confirmation is an Abort too
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            err.print("Interrupted; everything committed so far is kept.")
+        else:
+            err.print("Aborted.")
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -21,7 +22,7 @@ from appliance.cli._base import (
     progress_bar,
 )
 from appliance.config import RetrieveSettings
-from appliance.errors import ApplianceError, InputError
+from appliance.errors import ApplianceError, InputError, KnowledgeBaseNotFoundError
 
 # -- ingest ----------------------------------------------------------------------------------
 
@@ -93,11 +94,15 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
            rerank: bool | None, as_json: bool) -> None:
     """Search a knowledge base (no generation): the chunks an answer would be built from."""
     if queries is not None:
+        if query:
+            raise InputError("Give a query or --queries FILE, not both.")
         try:
-            lines = queries.read_text(encoding="utf-8").splitlines()
+            lines = queries.read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"Cannot read {queries}: {exc}; give a UTF-8 text file.") from exc
         items = [q.strip() for q in lines if q.strip()]
+        if not items:
+            raise InputError(f"{queries} holds no query; write one query per line.")
     elif query:
         items = [query]
     else:
@@ -191,7 +196,12 @@ def kb() -> None:
 @pass_ctx
 def kb_list(c: AppContext, as_json: bool) -> None:
     """List the knowledge bases in the data directory."""
-    stats = [c.app.kb_stats(name) for name in c.app.list_kbs()]
+    stats: list[dict[str, Any]] = []
+    for name in c.app.list_kbs():
+        try:
+            stats.append(c.app.kb_stats(name))
+        except ApplianceError as exc:  # one unreadable file must not hide the others
+            stats.append({"name": name, "error": exc.message})
     if as_json:
         click.echo(json.dumps(stats))
         return
@@ -201,9 +211,14 @@ def kb_list(c: AppContext, as_json: bool) -> None:
         return
     table = Table("name", "documents", "chunks", "size", "embedder")
     for s in stats:
+        if "error" in s:
+            table.add_row(lit(s["name"]), "", "", "", f"[red]unreadable:[/] {lit(s['error'])}")
+            continue
         table.add_row(lit(s["name"]), str(s["documents"]), str(s["chunks"]),
                       f"{s['size_bytes'] / 1e6:.1f} MB", lit(s["embedder"]))
     out.print(table)
+    if any("error" in s for s in stats):
+        sys.exit(3)
 
 
 @kb.command("stats")
@@ -239,6 +254,9 @@ def kb_check(c: AppContext, name: str) -> None:
 @pass_ctx
 def kb_remove(c: AppContext, name: str, yes: bool) -> None:
     """Delete a knowledge base file."""
+    if not c.app.settings.kb_path(name).exists():  # kb_path also validates the name
+        raise KnowledgeBaseNotFoundError(
+            f"Knowledge base '{name}' does not exist; `appliance kb list` shows the existing ones.")
     if not yes and not click.confirm(f"Delete knowledge base '{name}'?", err=True):
         sys.exit(1)
     c.app.kb_remove(name)

@@ -55,7 +55,7 @@ def eval_command(c: AppContext, eval_set: Path, kb: str, modes: str | None, mode
     from appliance.evaluate.runner import load_eval_set, parse_modes, prepare_squad_kb, run_eval
     from appliance.pipeline import Pipeline
 
-    mode_list = parse_modes(modes or DEFAULT_MODES)
+    mode_list = parse_modes(DEFAULT_MODES if modes is None else modes)
     data = load_eval_set(eval_set, articles=articles, limit=limit)
     for bad in data.bad_rows:
         err.print(f"[yellow]skipped[/] {lit(eval_set.name)} {lit(bad)}")
