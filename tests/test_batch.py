@@ -72,6 +72,7 @@ def test_read_jsonl_every_bad_row_kind(tmp_path: Path) -> None:
         {"id": "h", "question": 12}
 
         {"id": "i", "question": "Last?"}
+        {"id": true, "question": "Boolean id?"}
         """))
     assert [(q.id, q.question, q.line) for q in qs] == [
         ("a", "First?", 1), ("q2", "No id?", 2), ("7", "Numeric id?", 8), ("i", "Last?", 11)]
@@ -83,6 +84,7 @@ def test_read_jsonl_every_bad_row_kind(tmp_path: Path) -> None:
     assert reasons[6].startswith("expected a JSON object")
     assert reasons[7].startswith("duplicate id 'a'")
     assert reasons[9].startswith("question must be text")
+    assert reasons[12] == "field 'id' must be a string or a whole number"
     assert str(bad[0]).startswith("line 3:")
 
 

@@ -344,6 +344,8 @@ def test_parse_modes() -> None:
         parse_modes("base,magic")
     with pytest.raises(InputError, match="No mode"):
         parse_modes(" , ")
+    with pytest.raises(InputError, match="No mode"):
+        parse_modes("")
 
 
 # -- the decision and the report ---------------------------------------------------------------
