@@ -461,6 +461,9 @@ def run_batch(
     kb=kb, mode=mode, model=model)``). Raises InputError for an unusable input or output.
     """
     t0 = time.perf_counter()
+    if str(output) == "-":
+        raise InputError("batch writes to a file it can resume from, not to standard output; "
+                         "give a path such as answers.jsonl (and `cat` it).")
     output = Path(output)
     fmt = output_format(output, fmt)
     if output.exists() and output.resolve() == Path(questions_path).resolve():

@@ -226,6 +226,8 @@ def test_output_must_be_a_regular_file_other_than_the_input(tmp_path: Path) -> N
     qs = write(tmp_path / "q.jsonl", '{"id": "a", "question": "What is A?"}\n')
     with pytest.raises(InputError, match="question file itself"):
         run_batch(qs, qs, fake_answer)
+    with pytest.raises(InputError, match="not to standard output"):
+        run_batch(qs, Path("-"), fake_answer, fmt="jsonl")
     fifo = tmp_path / "pipe.jsonl"
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="not a regular file"):  # reading it back would hang

@@ -136,3 +136,18 @@ def test_ingest_and_search_offline(tmp_path: Path) -> None:
     out = run_cli("search", "how is black tea made", "--kb", "off", "--json", home=home,
                   check=True, prefix=("unshare", "-rn"))
     assert json.loads(out.stdout)["hits"][0]["path"].endswith("a.md")
+
+
+def test_a_folder_given_twice_through_a_symlink_is_ingested_once(tmp_path: Path) -> None:
+    from appliance.ingest.runner import discover
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("a.md", "b.txt"):
+        (docs / name).write_text(f"# {name}\n\ntext\n", encoding="utf-8")
+    os.link(docs / "a.md", docs / "hard-a.md")
+    (tmp_path / "docslink").symlink_to(docs)
+    found, failed, roots = discover([docs, tmp_path / "docslink"], [".md", ".txt"])
+    assert sorted(os.path.basename(c.path) for c in found) == ["a.md", "b.txt"]
+    assert all(c.path.startswith(str(docs) + os.sep) for c in found)
+    assert failed == [] and len(roots) == 2

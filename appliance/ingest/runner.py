@@ -45,10 +45,13 @@ def discover(
 
     Folders are walked without following symlinked folders (no cycles); hidden entries are
     skipped; only ``extensions`` are taken from folders. Files named explicitly are taken
-    whatever their extension is, if a loader supports it.
+    whatever their extension is, if a loader supports it. A file reached twice (a folder
+    given both directly and through a symlink, or a hard link) is taken once, under the
+    first path found.
     """
     exts = {e.lower() for e in extensions}
     found: dict[str, Candidate] = {}
+    seen: set[tuple[int, int]] = set()
     failed: list[FailedFile] = []
     roots: list[str] = []
 
@@ -68,7 +71,10 @@ def discover(
                 FailedFile(path, f"unsupported file type (supported: {', '.join(sorted(exts))})")
             )
             return
-        found.setdefault(path, Candidate(path, root))
+        if path in found or (st.st_dev, st.st_ino) in seen:
+            return
+        seen.add((st.st_dev, st.st_ino))
+        found[path] = Candidate(path, root)
 
     for given in paths:
         path = os.path.abspath(os.fspath(given))
