@@ -36,7 +36,23 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "five": {"reminder": "Answer in at most five words taken from the sources."},
     "k2": {"k": 2},
     "k5": {"k": 5},
+    # the best-ranked source last, next to the question (small readers weigh what they
+    # read last; "lost in the middle", Liu et al. 2023)
+    "reverse": {"reverse": True},
 }
+
+
+class _Reversed:
+    """A retriever whose hits come in reverse rank order (numbered [1] = lowest rank)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def search(self, *args: Any, **kwargs: Any) -> Any:
+        from dataclasses import replace
+
+        result = self.inner.search(*args, **kwargs)
+        return replace(result, hits=list(reversed(result.hits)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 if item.id in done:
                     continue
                 rec = answer(item.question, generator=gen, settings=app.settings,
-                             retriever=retriever, mode="rag", id=item.id, config=cfg,
+                             retriever=_Reversed(retriever) if variant.get("reverse")
+                             else retriever, mode="rag", id=item.id, config=cfg,
                              reminder=reminder)
                 values = {f.name: getattr(rec, f.name) for f in fields(rec)}
                 values["citations"] = [vars(c) for c in rec.citations]
