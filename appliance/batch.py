@@ -23,6 +23,7 @@ import io
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -472,6 +473,9 @@ def run_batch(
     if output.exists() and not output.is_file():
         raise InputError(f"{output} is not a regular file; batch writes and resumes from a "
                          "file, so give a file path (and `cat` it to a pipe afterwards).")
+    if output.exists() and _is_console(output):
+        raise InputError(f"{output} is this process's own output, where the summary and "
+                         "progress go too; give a separate file path.")
     questions, bad = read_questions(Path(questions_path))
     journal = journal_path(output, fmt)
     summary = BatchSummary(total=len(questions), bad_rows=bad, output=str(output))
@@ -525,6 +529,21 @@ def run_batch(
             journal.unlink(missing_ok=True)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _is_console(path: Path) -> bool:
+    """Whether ``path`` is the file standard output or error is redirected to."""
+    try:
+        target = os.stat(path)
+    except OSError:
+        return False
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if os.path.samestat(target, os.fstat(stream.fileno())):
+                return True
+        except (AttributeError, OSError, ValueError):  # no real file descriptor
+            continue
+    return False
 
 
 def _fail(

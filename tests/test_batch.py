@@ -317,3 +317,23 @@ def test_kill_9_loses_at_most_the_question_in_flight(tmp_path: Path) -> None:
     assert summary.skipped == 3 and summary.answered == 5
     ids = [json.loads(x)["id"] for x in out.read_text().splitlines()]
     assert ids == [f"q{i}" for i in range(1, 9)]
+
+
+def test_an_output_that_is_our_own_stdout_is_refused(tmp_path: Path) -> None:
+    qs = write(tmp_path / "q.txt", "What is A?\n")
+    captured = tmp_path / "captured.txt"
+    code = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        from appliance.batch import run_batch
+        from appliance.errors import InputError
+        try:
+            run_batch(Path(sys.argv[1]), Path("/dev/stdout"), None, fmt="jsonl")
+        except InputError as exc:
+            sys.exit(f"refused: {exc}")
+        """)
+    with captured.open("w") as fh:  # `appliance batch q.txt -o /dev/stdout > captured.txt`
+        proc = subprocess.run([sys.executable, "-c", code, str(qs)], stdout=fh, cwd=REPO,
+                              stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 1 and "own output" in proc.stderr
+    assert captured.read_text() == ""

@@ -106,3 +106,8 @@ def test_ctrl_c_says_what_is_kept(capsys: pytest.CaptureFixture[str]) -> None:
         cli.commands.pop("interrupt-me")
     assert exit_info.value.code == 130
     assert "everything committed so far is kept" in capsys.readouterr().err
+
+
+def test_tui_without_a_terminal_says_so_instead_of_hanging(tmp_path: Path) -> None:
+    proc = run_cli("tui", home=tmp_path, timeout=60)  # stdout is a pipe here
+    assert proc.returncode == 2 and "needs a terminal" in " ".join(proc.stderr.split())

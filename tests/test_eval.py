@@ -654,3 +654,16 @@ def test_load_beir(tmp_path: Path) -> None:
         load_beir(tmp_path / "beir")
     with pytest.raises(InputError, match=r"corpus\.jsonl is missing"):
         load_beir(tmp_path)
+    qrels = tmp_path / "beir" / "qrels" / "test.tsv"
+    qrels.write_text("q1\td1\tinf\n", encoding="utf-8")  # the header rule, then no judgement
+    with pytest.raises(InputError, match="judges no query"):
+        load_beir(tmp_path / "beir")
+    qrels.write_text("q1\td1\t1\nq2\td2\tinf\n", encoding="utf-8")
+    with pytest.raises(InputError, match="line 2: score 'inf' is not a number"):
+        load_beir(tmp_path / "beir")
+    qrels.write_text("q1\tnot-in-corpus\t1\n", encoding="utf-8")
+    with pytest.raises(InputError, match="only documents missing from corpus"):
+        load_beir(tmp_path / "beir")
+    qrels.write_bytes(b"q1\td1\t1\nq2\td\xff2\t1\n")
+    with pytest.raises(InputError, match=r"not UTF-8 text \(line 2\)"):
+        load_beir(tmp_path / "beir")

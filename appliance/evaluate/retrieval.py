@@ -42,24 +42,33 @@ class BeirSet:
     qrels: dict[str, dict[str, int]]
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise InputError(f"{path} is not UTF-8 text (line {line}); save it as UTF-8.") from None
+    except OSError as exc:
+        raise InputError(f"Cannot read {path}: {exc.strerror or exc}.") from None
+
+
 def _jsonl(path: Path, what: str) -> list[dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"{path} is missing; a BEIR folder holds corpus.jsonl, queries.jsonl "
                          "and qrels/test.tsv.")
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise InputError(f"{path.name} line {n}: broken JSON ({exc}); fix the "
-                                 f"{what} file.") from None
-            if not isinstance(row, dict) or "_id" not in row:
-                raise InputError(f"{path.name} line {n}: expected an object with '_id'; fix "
-                                 f"the {what} file.")
-            rows.append(row)
+    for n, line in enumerate(_read(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise InputError(f"{path.name} line {n}: broken JSON ({exc}); fix the "
+                             f"{what} file.") from None
+        if not isinstance(row, dict) or "_id" not in row:
+            raise InputError(f"{path.name} line {n}: expected an object with '_id'; fix "
+                             f"the {what} file.")
+        rows.append(row)
     return rows
 
 
@@ -76,7 +85,7 @@ def load_beir(folder: Path) -> BeirSet:
     if not qrels_path.is_file():
         raise InputError(f"{qrels_path} is missing; a BEIR folder holds qrels/test.tsv.")
     qrels: dict[str, dict[str, int]] = {}
-    for n, line in enumerate(qrels_path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(_read(qrels_path).splitlines(), start=1):
         parts = line.strip().split("\t")
         if not line.strip():
             continue
@@ -86,7 +95,7 @@ def load_beir(folder: Path) -> BeirSet:
         qid, did, raw = parts
         try:
             score = int(float(raw))
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, or inf / nan
             if n == 1:
                 continue  # the header
             raise InputError(f"{qrels_path.name} line {n}: score '{raw}' is not a number."
@@ -96,6 +105,9 @@ def load_beir(folder: Path) -> BeirSet:
     qrels = {q: docs for q, docs in qrels.items() if q in queries and queries[q].strip()}
     if not qrels:
         raise InputError(f"{qrels_path} judges no query of queries.jsonl; nothing to evaluate.")
+    if not any(d in corpus for docs in qrels.values() for d in docs):
+        raise InputError(f"{qrels_path} judges only documents missing from corpus.jsonl "
+                         "(or the corpus is empty); nothing to evaluate.")
     return BeirSet(corpus=corpus, queries=queries, qrels=qrels)
 
 

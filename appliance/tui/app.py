@@ -12,6 +12,7 @@ Build the app with :func:`create_app` (the CLI and the tests do).
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path, PurePath
@@ -29,7 +30,7 @@ from textual.worker import get_current_worker
 
 from appliance.api import Appliance
 from appliance.config import Settings
-from appliance.errors import ApplianceError, KnowledgeBaseNotFoundError
+from appliance.errors import ApplianceError, InputError, KnowledgeBaseNotFoundError
 from appliance.feedback import FeedbackRecord, FeedbackSource, FeedbackStore
 from appliance.generate import MODES, RETRIEVAL_MODES, is_fine_tuned
 from appliance.pipeline import Pipeline
@@ -610,7 +611,18 @@ def create_app(
 
 def run_tui(appliance: Appliance, *, kb: str | None = None, mode: str | None = None,
             model: str | None = None) -> None:
-    """Run the app in the terminal until the user quits."""
+    """Run the app in the terminal until the user quits.
+
+    Raises InputError before anything starts when there is no terminal to run in, or when
+    ``kb`` is not a valid knowledge base name or ``model`` is not registered.
+    """
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise InputError("The terminal app needs a terminal for its input and output; run it "
+                         "in one, or use `appliance ask` or `appliance batch` from scripts.")
+    if kb is not None:
+        appliance.settings.kb_path(kb)  # validates the name
+    if model is not None:
+        appliance.registry.get(model)
     app = create_app(appliance, kb=kb, mode=mode, model=model)
     try:
         app.run()
