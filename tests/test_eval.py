@@ -664,6 +664,12 @@ def test_load_beir(tmp_path: Path) -> None:
     qrels.write_text("q1\tnot-in-corpus\t1\n", encoding="utf-8")
     with pytest.raises(InputError, match="only documents missing from corpus"):
         load_beir(tmp_path / "beir")
+    corpus = tmp_path / "beir" / "corpus.jsonl"
+    original = corpus.read_text(encoding="utf-8")
+    corpus.write_text(original + '{"_id": "d1", "text": "again"}\n', encoding="utf-8")
+    with pytest.raises(InputError, match="repeats _id 'd1'"):
+        load_beir(tmp_path / "beir")
+    corpus.write_text(original, encoding="utf-8")
     qrels.write_bytes(b"q1\td1\t1\nq2\td\xff2\t1\n")
     with pytest.raises(InputError, match=r"not UTF-8 text \(line 2\)"):
         load_beir(tmp_path / "beir")

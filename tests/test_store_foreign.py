@@ -176,3 +176,16 @@ def test_a_knowledge_base_is_still_opened_and_read(tmp_path: Path) -> None:
     with KnowledgeBase(path) as kb:
         assert kb.check() == []
     assert _digest(path) == before
+
+
+def test_a_name_differing_only_in_case_is_refused_for_a_new_kb(tmp_path: Path) -> None:
+    from appliance.config import load_settings
+    from appliance.errors import InputError
+    from appliance.store import open_kb
+
+    settings = load_settings(home=tmp_path)
+    open_kb(settings, "Tiny", create=True).close()
+    with pytest.raises(InputError, match="differs from 'tiny' only in case"):
+        open_kb(settings, "tiny", create=True)
+    assert not settings.kb_path("tiny").exists()
+    open_kb(settings, "Tiny", create=True).close()  # the existing one still opens

@@ -132,10 +132,11 @@ def eval_retrieval(c: AppContext, folder: Path, k: int, as_json: bool) -> None:
               f"({result['chunks']} chunks), {result['queries']} judged queries, top {k}")
     for f in result["failed"]:
         err.print(f"  [yellow]not ingested[/] {lit(f)}")
-    table = Table("mode", "nDCG@10", "recall@10", f"recall@{k}", "MRR@10")
+    deeper = [f"recall@{k}"] if k != 10 else []
+    table = Table("mode", "nDCG@10", "recall@10", *deeper, "MRR@10")
     for mode, m in result["modes"].items():
         table.add_row(mode, f"{m['ndcg@10']:.3f}", f"{m['recall@10']:.3f}",
-                      f"{m[f'recall@{k}']:.3f}", f"{m['mrr@10']:.3f}")
+                      *(f"{m[key]:.3f}" for key in deeper), f"{m['mrr@10']:.3f}")
     out.print(table)
     out.print(f"search {result['search_ms_per_query']} ms per query and mode; "
               f"ingest {result['ingest_s']} s")

@@ -77,8 +77,13 @@ def load_beir(folder: Path) -> BeirSet:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; give a BEIR data set folder.")
-    corpus = {str(r["_id"]): (str(r.get("title") or ""), str(r.get("text") or ""))
-              for r in _jsonl(folder / "corpus.jsonl", "corpus")}
+    corpus: dict[str, tuple[str, str]] = {}
+    for r in _jsonl(folder / "corpus.jsonl", "corpus"):
+        doc_id = str(r["_id"])
+        if doc_id in corpus:
+            raise InputError(f"corpus.jsonl repeats _id '{doc_id}'; give every document its "
+                             "own id.")
+        corpus[doc_id] = (str(r.get("title") or ""), str(r.get("text") or ""))
     queries = {str(r["_id"]): str(r.get("text") or "")
                for r in _jsonl(folder / "queries.jsonl", "queries")}
     qrels_path = folder / "qrels" / "test.tsv"

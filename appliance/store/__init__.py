@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from appliance.config import Settings
-from appliance.errors import KnowledgeBaseNotFoundError
+from appliance.errors import InputError, KnowledgeBaseNotFoundError
 from appliance.store.sqlite import ChunkRow, DocumentRow, KnowledgeBase, fts_query, query_words
 
 __all__ = [
@@ -21,9 +21,21 @@ __all__ = [
 def open_kb(
     settings: Settings, name: str, *, create: bool = False, readonly: bool = False
 ) -> KnowledgeBase:
-    """Open the knowledge base ``name`` in the data directory."""
+    """Open the knowledge base ``name`` in the data directory.
+
+    Creating one whose name differs from an existing one only in case is refused: the two
+    files would be one on a FAT or exFAT USB stick, where bundles travel.
+    """
+    path = settings.kb_path(name)
+    if create and not path.exists():
+        twin = next((other for other in list_kbs(settings)
+                     if other.lower() == name.lower() and other != name), None)
+        if twin is not None:
+            raise InputError(f"Knowledge base '{twin}' already exists and differs from '{name}' "
+                             "only in case (one file on a FAT or exFAT stick); use "
+                             f"'{twin}' or another name.")
     return KnowledgeBase(
-        settings.kb_path(name),
+        path,
         create=create,
         readonly=readonly,
         busy_timeout_ms=settings.store.busy_timeout_ms,
