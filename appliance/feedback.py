@@ -17,10 +17,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import stat
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +34,18 @@ __all__ = ["ExportReport", "FeedbackRecord", "FeedbackSource", "FeedbackStore", 
 
 Rating = Literal["good", "bad"]
 FILE_NAME = "feedback.jsonl"
+
+_REQUIRED_TEXT = ("answer_key", "rating", "question", "answer", "mode", "model", "kb")
+_OPTIONAL_FIELDS: dict[str, type] = {"correction": str, "abstained": bool, "created": str}
+_SOURCE_FIELDS: dict[str, type] = {"n": int, "chunk_id": int, "path": str, "heading": str,
+                                   "text": str}
+
+
+def _is(value: Any, kind: type) -> bool:
+    """``isinstance`` where a JSON ``true`` is no number."""
+    if kind is int and isinstance(value, bool):
+        return False
+    return isinstance(value, kind)
 
 
 def feedback_path(home: Path) -> Path:
@@ -93,9 +105,33 @@ class FeedbackRecord:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FeedbackRecord:
-        """Read a stored record (unknown keys are ignored)."""
-        sources = [FeedbackSource(**s) for s in data.get("sources", [])]
+    def from_json(cls, data: Any) -> FeedbackRecord:
+        """Read a stored record (unknown keys are ignored).
+
+        Raises ValueError naming the first field that is missing or of the wrong type, so
+        a foreign line (another program's JSON, a hand edit) is never taken for a rating.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"a record is a JSON object, not {type(data).__name__}")
+        for name in _REQUIRED_TEXT:
+            if not isinstance(data.get(name), str):
+                raise ValueError(f"field '{name}' must be text")
+        if data["rating"] not in ("good", "bad"):
+            raise ValueError("field 'rating' must be 'good' or 'bad'")
+        for name, kind in _OPTIONAL_FIELDS.items():
+            if name in data and not _is(data[name], kind):
+                raise ValueError(f"field '{name}' must be {kind.__name__}")
+        raw_sources = data.get("sources", [])
+        if not isinstance(raw_sources, list):
+            raise ValueError("field 'sources' must be a list")
+        sources = []
+        for raw in raw_sources:
+            if not isinstance(raw, dict) or any(
+                not _is(raw.get(name), kind) for name, kind in _SOURCE_FIELDS.items()
+            ):
+                raise ValueError("a source must have n, chunk_id (numbers), path, heading and "
+                                 "text (text)")
+            sources.append(FeedbackSource(**{name: raw[name] for name in _SOURCE_FIELDS}))
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         known["sources"] = sources
         return cls(**known)
@@ -132,6 +168,8 @@ class ExportReport:
     """Marked bad without a corrected answer."""
     skipped_sources: int = 0
     """Retrieval answers whose numbered sources were not recorded."""
+    skipped_lines: int = 0
+    """Lines of the feedback file that are not ratings (torn by a crash, or foreign)."""
     path: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -174,29 +212,45 @@ class FeedbackStore:
 
     def __iter__(self) -> Iterator[FeedbackRecord]:
         """Every stored rating in order (a torn or foreign line is skipped)."""
+        return (record for record in self._scan() if record is not None)
+
+    def _scan(self) -> Iterator[FeedbackRecord | None]:
+        """Each non-blank line's rating, or None where the line is not one."""
         if not self.path.exists():
             return
         with open(self.path, encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                try:
-                    data = json.loads(line)
-                    yield FeedbackRecord.from_json(data)
-                except (ValueError, TypeError, KeyError):
+                if not line.strip():
                     continue
+                try:
+                    yield FeedbackRecord.from_json(json.loads(line))
+                except (ValueError, TypeError, KeyError, RecursionError):
+                    yield None
 
     def latest(self, kb: str | None = None) -> list[FeedbackRecord]:
         """The latest rating of each answer, in the order answers were first rated."""
-        by_key: dict[str, FeedbackRecord] = {}
-        for record in self:
-            if kb is None or record.kb == kb:
-                by_key[record.answer_key] = record
-        return list(by_key.values())
+        return _latest(self, kb)
 
-    def export_chat_jsonl(self, path: Path, *, kb: str | None = None) -> ExportReport:
-        """Write the chat JSONL of the latest ratings to ``path`` (atomically)."""
+    def export_chat_jsonl(self, path: Path, *, kb: str | None = None,
+                          force: bool = False) -> ExportReport:
+        """Write the chat JSONL of the latest ratings to ``path`` (atomically).
+
+        Refused (InputError, nothing written) when ``path`` is the feedback file itself,
+        is not a regular file (a symlink, folder or device), or exists and ``force`` is
+        not given. The file is created with the usual permissions (0666 less the umask),
+        renamed into place only once every line is written.
+        """
+        path = Path(path)
+        _check_export_target(path, self.path, force)
         report = ExportReport(path=str(path))
+        records: list[FeedbackRecord] = []
+        for record in self._scan():
+            if record is None:
+                report.skipped_lines += 1
+            else:
+                records.append(record)
         lines: list[str] = []
-        for record in self.latest(kb):
+        for record in _latest(records, kb):
             if record.rating == "bad" and not record.correction.strip():
                 report.skipped_bad += 1
                 continue
@@ -206,21 +260,56 @@ class FeedbackStore:
                 continue
             lines.append(json.dumps({"messages": messages}, ensure_ascii=False))
             report.written += 1
-        path = Path(path)
-        tmp: str | None = None
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write("".join(line + "\n" for line in lines))
                 fh.flush()
                 os.fsync(fh.fileno())
+            _check_export_target(path, self.path, force)  # nothing swapped in meanwhile
             os.replace(tmp, path)
         except OSError as exc:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise InputError(f"Cannot write {path}: {exc.strerror or exc}; "
                              "choose a writable file.") from exc
+        except InputError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         _fsync_dir(path.parent)
         return report
+
+
+def _latest(records: Iterable[FeedbackRecord], kb: str | None) -> list[FeedbackRecord]:
+    by_key: dict[str, FeedbackRecord] = {}
+    for record in records:
+        if kb is None or record.kb == kb:
+            by_key[record.answer_key] = record
+    return list(by_key.values())
+
+
+def _check_export_target(path: Path, store: Path, force: bool) -> None:
+    """Refuse to export over the feedback file, a non-regular file, or (without ``force``)
+    any existing file."""
+    with contextlib.suppress(OSError):
+        if os.path.abspath(path) == os.path.abspath(store) or (
+                store.exists() and os.path.exists(path) and os.path.samefile(path, store)):
+            raise InputError(f"{path} is the feedback file itself; choose another output file.")
+    if not os.path.lexists(path):
+        for parent in path.absolute().parents:
+            if os.path.lexists(parent):
+                if not parent.is_dir():
+                    raise InputError(f"Cannot write {path}: {parent} is not a folder; choose "
+                                     "another output file.")
+                break
+        return
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path} is a symlink, folder or device, not a regular file; "
+                         "choose another output file.")
+    if not force:
+        raise InputError(f"{path} already exists; choose another output file, or add --force "
+                         "to replace it.")

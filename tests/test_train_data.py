@@ -427,6 +427,107 @@ def test_grounded_split_of_the_shared_squad_leaves_test_unseen(tmp_path: Path) -
     assert 0.25 <= share <= 0.55
 
 
+def _squad_file(path: Path, articles: list[Article]) -> Path:
+    data = {"version": "v2.0", "data": [
+        {"title": a.title, "paragraphs": [
+            {"context": p.context, "qas": [
+                {"id": q.id, "question": q.question, "is_impossible": not q.answerable,
+                 "answers": [{"text": t, "answer_start": max(0, p.context.find(t))}
+                             for t in q.answers]}
+                for q in p.questions]}
+            for p in a.paragraphs]}
+        for a in articles]}
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def _run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    from appliance.cli import main
+
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, " ".join((captured.out + captured.err).split())
+
+
+def _two_articles() -> list[Article]:
+    rivers = _squad()[0]
+    lakes = Article("Lakes", [Paragraph(
+        "Lake Baikal is the deepest lake in the world.",
+        [Question(id="l1", question="Which lake is the deepest?", answers=["Lake Baikal"],
+                  answerable=True, article="Lakes", paragraph_index=0)])])
+    return [rivers, Article("Mountains", rivers.paragraphs), lakes]
+
+
+def test_grounded_cli_never_overwrites_inputs_or_existing_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    squad = _squad_file(tmp_path / "squad.json", _two_articles())
+    before = squad.read_bytes()
+    code, text = _run_main(capsys, "train-data", "grounded", "--squad", str(squad), "-o",
+                           str(squad), "--force")
+    assert code == 2 and "input of this command" in text and squad.read_bytes() == before
+
+    existing = tmp_path / "out.jsonl"
+    existing.write_text("keep\n", encoding="utf-8")
+    code, text = _run_main(capsys, "train-data", "grounded", "--squad", str(squad), "-o",
+                           str(existing))
+    assert code == 2 and "--force" in text and existing.read_text(encoding="utf-8") == "keep\n"
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("x", encoding="utf-8")
+    code, text = _run_main(capsys, "train-data", "grounded", "--squad", str(squad), "-o",
+                           str(blocker / "x.jsonl"))
+    assert code == 2 and "not a folder" in text and "Traceback" not in text
+
+    one = _squad_file(tmp_path / "one.json", [_squad()[0]])
+    code, text = _run_main(capsys, "train-data", "grounded", "--squad", str(one), "-o",
+                           str(existing), "--force")
+    assert code == 2 and "dev split" in text and existing.read_text(encoding="utf-8") == "keep\n"
+
+
+def test_grounded_cli_refuses_zero_examples_then_writes_with_force(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    squad = _squad_file(tmp_path / "squad.json", _two_articles())
+    existing = tmp_path / "out.jsonl"
+    existing.write_text("keep\n", encoding="utf-8")
+    model = ("--model", "smollm2-135m-instruct-q4_1")
+    code, text = _run_main(capsys, "train-data", "grounded", "--squad", str(squad), "-o",
+                           str(existing), "--force", "--hold-out", "100000", *model)
+    assert code == 2 and "No examples" in text and "--hold-out" in text
+    assert existing.read_text(encoding="utf-8") == "keep\n"
+    code, text = _run_main(capsys, "train-data", "grounded", "--squad", str(squad), "-o",
+                           str(existing), "--force", *model)
+    assert code == 0, text
+    assert all(json.loads(line)["messages"] for line in existing.read_text().splitlines())
+
+
+def test_grounded_refuses_a_users_knowledge_base(tmp_path: Path) -> None:
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from appliance.train.grounded import check_squad_kb, squad_corpus_dir
+
+    home = tmp_path / "home"
+    corpus = squad_corpus_dir(home, "kb1")
+
+    def app(paths: list[str]) -> Any:
+        store = SimpleNamespace(documents=lambda: [SimpleNamespace(path=p) for p in paths])
+        return SimpleNamespace(settings=SimpleNamespace(home=home),
+                               list_kbs=lambda: ["kb1"],
+                               open_kb=lambda name: nullcontext(store))
+
+    check_squad_kb(app([]), "new-kb")  # a new one is created for SQuAD
+    check_squad_kb(app([str(corpus / "Rivers_000.txt")]), "kb1")
+    user = app([str(corpus / "Rivers_000.txt"), "/home/me/notes/plan.md"])
+    with pytest.raises(InputError, match=r"'kb1'.*new --kb"):
+        check_squad_kb(user, "kb1")
+    with pytest.raises(InputError, match="new --kb"):
+        check_squad_kb(app([str(home / "eval" / "squad" / "other" / "Rivers_000.txt")]), "kb1")
+
+
 # -- CLI and imports -------------------------------------------------------------------------
 
 

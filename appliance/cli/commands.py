@@ -304,7 +304,7 @@ def models_verify(c: AppContext) -> None:
     bad = 0
     for e in c.app.registry:
         try:
-            c.app.registry.resolve(e.id)
+            c.app.registry.resolve(e.id, full=True)  # re-hash: this is the check
             out.print(f"[green]ok[/]   {lit(e.id)}")
         except ApplianceError as exc:
             bad += 1

@@ -202,24 +202,33 @@ def train_data_check(data: Path, as_json: bool) -> None:
               help="Answerable questions kept out of every example, for calibrating the "
                    "abstention margin on questions the model never saw.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @pass_ctx
 def train_data_grounded(c: AppContext, output: Path, squad: Path, split: str, kb: str | None,
                         model_id: str | None, sources: int, abstain_share: float,
-                        hard_negatives: float, limit: int, hold_out: int, seed: int) -> None:
+                        hard_negatives: float, limit: int, hold_out: int, seed: int,
+                        force: bool) -> None:
     """Build chat examples that teach answering from numbered sources with [n] citations,
     and abstaining when the sources lack the answer.
 
     Prompts are built by the answer pipeline's own prompt builder, so training and
     inference prompts are identical. Only SQuAD's dev-split articles are used by default.
+    OUTPUT is written only when there are examples, and replaces an existing file only
+    with --force. --kb must name a new knowledge base or one this command (or `appliance
+    eval`) built from SQuAD: it is pruned to the chosen articles.
     """
     from appliance.evaluate.squad import load_squad
-    from appliance.train.data import write_chat_jsonl
+    from appliance.train.data import check_output_file, write_chat_jsonl
     from appliance.train.grounded import (
         GroundedOptions,
         SquadSources,
         build_grounded,
+        check_squad_kb,
         held_out_articles,
+        squad_corpus_dir,
     )
+
+    check_output_file(output, force=force, inputs=[squad])
 
     try:
         articles = load_squad(squad)
@@ -235,6 +244,12 @@ def train_data_grounded(c: AppContext, output: Path, squad: Path, split: str, kb
                               hard_negative_share=hard_negatives, limit=limit, seed=seed,
                               hold_out=hold_out, n_ctx=settings.generate.n_ctx,
                               max_tokens=settings.generate.max_tokens)
+    if not chosen:
+        raise InputError(f"None of the {len(articles)} articles of {squad} is in the dev split, "
+                         f"so there is nothing to build; use a SQuAD file with dev-split "
+                         f"articles, or --split all; {output} was left unchanged.")
+    if kb:
+        check_squad_kb(c.app, kb)
     count_tokens = _token_counter(c, model_id)
     if kb:
         from appliance.evaluate.runner import EvalSet, prepare_squad_kb
@@ -249,10 +264,18 @@ def train_data_grounded(c: AppContext, output: Path, squad: Path, split: str, kb
         examples, report = build_grounded(chosen, find, count_tokens, options, retrieved=True,
                                           exclude_articles=[a.title for a in held])
     else:
-        finder = SquadSources(chosen, settings.home / "eval" / "squad" / "squad-dev",
+        finder = SquadSources(chosen, squad_corpus_dir(settings.home, "squad-dev"),
                               options.max_source_chars)
         examples, report = build_grounded(chosen, finder, count_tokens, options,
                                           exclude_articles=[a.title for a in held])
+    if not examples:
+        raise InputError(
+            f"No examples were produced from the {len(chosen)} articles used "
+            f"({report.held_out_questions} answerable questions held out by --hold-out, "
+            f"{report.skipped} skipped for lack of sources or answers); lower --hold-out or "
+            f"use more articles; {output} was left unchanged."
+        )
+    check_output_file(output, force=force, inputs=[squad])  # still so, after the work
     n = write_chat_jsonl(examples, output)
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_row("written", f"{n} examples to {lit(output)}")
@@ -317,8 +340,9 @@ def models_remove(c: AppContext, model_id: str, yes: bool, keep_run: bool) -> No
     """Remove a model that `appliance train` registered (entry and file)."""
     import shutil
 
-    from appliance.train.register import remove_model
+    from appliance.train.register import remove_model, validate_model_id
 
+    validate_model_id(model_id)
     entry = c.app.registry.get(model_id)
     if entry.origin != "user":
         raise InputError(f"'{model_id}' is a packaged model; only models that `appliance "
@@ -326,8 +350,11 @@ def models_remove(c: AppContext, model_id: str, yes: bool, keep_run: bool) -> No
     if not yes and not click.confirm(f"Remove model '{model_id}' ({entry.path})?", err=True):
         sys.exit(1)
     remove_model(c.app.settings, model_id)
-    run = c.app.settings.home / "train" / model_id
-    if run.is_dir() and not keep_run:
+    runs = c.app.settings.home / "train"
+    run = runs / model_id
+    # Only ever a folder directly inside DATA_DIR/train (never a symlink out of it).
+    if run.is_dir() and not run.is_symlink() and not keep_run \
+            and run.resolve().parent == runs.resolve():
         shutil.rmtree(run, ignore_errors=True)
     out.print(f"removed '{model_id}'", markup=False)
 

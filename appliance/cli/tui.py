@@ -39,20 +39,24 @@ def feedback() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Chat JSONL file to write.")
 @click.option("--kb", default=None, help="Only feedback on answers from this knowledge base.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_ctx
-def feedback_export(c: AppContext, output: Path, kb: str | None, as_json: bool) -> None:
+def feedback_export(c: AppContext, output: Path, kb: str | None, force: bool,
+                    as_json: bool) -> None:
     """Write chat JSONL for `appliance train` from the feedback given so far.
 
     Each rated answer becomes one {"messages": [system, user, assistant]} line, with the
     prompt the pipeline used (numbered sources for rag and hybrid answers) and the corrected
     answer when one was typed, else the answer when it was marked good. Answers marked bad
-    without a correction are skipped.
+    without a correction are skipped, and so are lines of the feedback file that are not
+    ratings. An existing OUTPUT is replaced only with --force (never the feedback file
+    itself, a symlink or a device).
     """
     from appliance.feedback import FeedbackStore
 
     store = FeedbackStore(c.app.settings.home)
-    report = store.export_chat_jsonl(output, kb=kb)
+    report = store.export_chat_jsonl(output, kb=kb, force=force)
     if as_json:
         click.echo(json.dumps(report.to_json()))
         return
@@ -61,3 +65,6 @@ def feedback_export(c: AppContext, output: Path, kb: str | None, as_json: bool) 
         out.print(f"  skipped {report.skipped_bad} answers marked bad without a correction")
     if report.skipped_sources:
         out.print(f"  skipped {report.skipped_sources} answers whose sources were not recorded")
+    if report.skipped_lines:
+        out.print(f"  skipped {report.skipped_lines} lines of {store.path} that are not ratings",
+                  markup=False)

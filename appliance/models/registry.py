@@ -6,7 +6,12 @@ the committed LoRA adapters (:mod:`appliance.train.packaged`); the user manifest
 (``models/manifest.toml`` in the data directory) lists what ``appliance train`` registers.
 Ids are unique across both. Nothing is
 loaded unless its sha256 matches the manifest; hashes of large files are remembered by
-(size, mtime, inode) so a check costs a ``stat`` after the first time.
+(size, mtime, inode, ctime) so a check costs a ``stat`` after the first time, except for
+``full`` checks (``appliance models verify``), which always read every byte.
+
+Manifest entries are type-checked when read; the user manifest's ids must be valid model
+ids and its files plain file names in the user models folder, so no entry can point a
+removal outside it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +28,7 @@ from typing import Any
 from appliance.config import Settings, packaged_models_dir
 from appliance.errors import ConfigError, ModelHashError, ModelNotFoundError
 
-__all__ = ["BUILT_MANIFEST", "ModelEntry", "Registry", "sha256_file"]
+__all__ = ["BUILT_MANIFEST", "ModelEntry", "Registry", "sha256_file", "valid_model_id"]
 
 BUILT_MANIFEST = "built.toml"
 """Packaged models that setup builds on the machine (fine-tuned from ``models/adapters``)."""
@@ -30,6 +36,20 @@ BUILT_MANIFEST = "built.toml"
 _SETUP_ONLY = {"acquire", "extra_files"}  # read by scripts/acquire_models.py only
 _KNOWN = {"id", "role", "format", "file", "sha256", "size", "source", "licence", "description",
           "default", "lineage"}
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_FIELD_TYPES: dict[str, tuple[type, str]] = {
+    "id": (str, "text"), "role": (str, "text"), "format": (str, "text"), "file": (str, "text"),
+    "sha256": (str, "text"), "size": (int, "a whole number"), "source": (str, "text"),
+    "licence": (str, "text"), "description": (str, "text"), "default": (bool, "true or false"),
+    "lineage": (dict, "a table"),
+}
+
+
+def valid_model_id(model_id: str) -> bool:
+    """Whether ``model_id`` is usable as a model id and file name (the rule of
+    ``appliance train --out``: letters, digits, '.', '_', '-', at most 64, starting with a
+    letter or digit, not ending in '.' or '.gguf')."""
+    return bool(_ID.match(model_id)) and not model_id.endswith((".gguf", "."))
 
 
 def sha256_file(path: Path, block: int = 1 << 20) -> str:
@@ -131,8 +151,9 @@ class Registry:
         marked = [e for e in of_role if e.default]
         return marked[-1] if marked else of_role[0]
 
-    def resolve(self, model_id: str, verify: bool = True) -> ModelEntry:
-        """The entry for ``model_id`` after checking its file exists and matches its hash."""
+    def resolve(self, model_id: str, verify: bool = True, *, full: bool = False) -> ModelEntry:
+        """The entry for ``model_id`` after checking its file exists and matches its hash
+        (``full``: hashed in full, never taken from the hash cache)."""
         entry = self.get(model_id)
         if not entry.path.is_file():
             raise ModelNotFoundError(
@@ -140,12 +161,16 @@ class Registry:
                 "run scripts/setup.sh (or `appliance models verify`) to restore it."
             )
         if verify:
-            self.verify(entry)
+            self.verify(entry, full=full)
         return entry
 
-    def verify(self, entry: ModelEntry) -> None:
-        """Raise ModelHashError unless the entry's file has the manifest's sha256."""
-        actual = self._cached_sha256(entry.path)
+    def verify(self, entry: ModelEntry, *, full: bool = False) -> None:
+        """Raise ModelHashError unless the entry's file has the manifest's sha256.
+
+        Without ``full`` a hash remembered for the same (size, mtime, inode, ctime) is
+        trusted; with it every byte is read again (and the remembered hash refreshed).
+        """
+        actual = self._cached_sha256(entry.path, full=full)
         if actual != entry.sha256:
             raise ModelHashError(
                 f"{entry.path} does not match the manifest (sha256 {actual[:12]}…, expected "
@@ -153,14 +178,15 @@ class Registry:
                 "restore it."
             )
 
-    def _cached_sha256(self, path: Path) -> str:
+    def _cached_sha256(self, path: Path, *, full: bool = False) -> str:
         st = path.stat()
         key = str(path.resolve())
-        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        # ctime too: restoring the mtime (touch -r) after a change still moves the ctime.
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
         cache = self._load_hash_cache()
         hit = cache.get(key)
-        if hit and hit[:3] == stamp:
-            return str(hit[3])
+        if not full and isinstance(hit, list) and len(hit) == 5 and hit[:4] == stamp:
+            return str(hit[4])
         digest = sha256_file(path)
         cache[key] = [*stamp, digest]
         self._save_hash_cache()
@@ -196,30 +222,68 @@ def _read_manifest(path: Path, base: Path, origin: str) -> list[ModelEntry]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"Cannot read the model manifest {path}: {exc}.") from exc
-    entries = []
-    for i, raw in enumerate(data.get("model", [])):
-        missing = [k for k in ("id", "role", "format", "file", "sha256") if k not in raw]
-        if missing:
+        raise ConfigError(f"Cannot read the model manifest {path} ({exc}); fix or remove "
+                          f"{path}.") from exc
+    models = data.get("model", [])
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+        raise ConfigError(f"'model' in {path} must be a list of [[model]] tables; fix or "
+                          f"remove {path}.")
+    return [_entry(raw, i, path, base, origin) for i, raw in enumerate(models)]
+
+
+def _entry(raw: dict[str, Any], i: int, path: Path, base: Path, origin: str) -> ModelEntry:
+    """One manifest table as an entry; ConfigError names the entry and the bad field."""
+    name = f"'{raw['id']}'" if isinstance(raw.get("id"), str) else str(i + 1)
+    where = f"model entry {name} in {path}"
+    fix = f"fix or remove that entry in {path}."
+    missing = [k for k in ("id", "role", "format", "file", "sha256") if k not in raw]
+    if missing:
+        raise ConfigError(f"The {where} lacks {', '.join(missing)}; {fix}")
+    for key, (kind, words) in _FIELD_TYPES.items():
+        value = raw.get(key)
+        if key in raw and (not isinstance(value, kind)
+                           or (kind is int and isinstance(value, bool))):
+            raise ConfigError(f"Field '{key}' of the {where} must be {words}, not "
+                              f"{_toml_type(value)}; {fix}")
+    if raw.get("size") is not None and raw["size"] < 0:
+        raise ConfigError(f"Field 'size' of the {where} must not be negative; {fix}")
+    file = Path(raw["file"])
+    if origin == "user":
+        if not valid_model_id(raw["id"]):
             raise ConfigError(
-                f"Model entry {i + 1} in {path} lacks {', '.join(missing)}; fix the manifest."
+                f"The {where} has an invalid id (use letters, digits, '.', '_' or '-', at "
+                f"most 64, starting with a letter or digit, not ending in .gguf); {fix}"
             )
-        file = Path(raw["file"])
-        entries.append(
-            ModelEntry(
-                id=str(raw["id"]),
-                role=str(raw["role"]),
-                format=str(raw["format"]),
-                path=(file if file.is_absolute() else base / file).resolve(),
-                sha256=str(raw["sha256"]).lower(),
-                origin=origin,
-                size=raw.get("size"),
-                source=str(raw.get("source", "")),
-                licence=str(raw.get("licence", "")),
-                description=str(raw.get("description", "")),
-                default=bool(raw.get("default", False)),
-                lineage=raw.get("lineage"),
-                extra={k: v for k, v in raw.items() if k not in _KNOWN and k not in _SETUP_ONLY},
-            )
-        )
-    return entries
+        if file.name != raw["file"] or "\\" in raw["file"] or raw["file"].startswith(".") \
+                or not raw["file"].endswith(".gguf"):
+            raise ConfigError(f"Field 'file' of the {where} must be the name of a .gguf file "
+                              f"in {base}, not '{raw['file']}'; {fix}")
+    return ModelEntry(
+        id=raw["id"],
+        role=raw["role"],
+        format=raw["format"],
+        path=(file if file.is_absolute() else base / file).resolve(),
+        sha256=raw["sha256"].lower(),
+        origin=origin,
+        size=raw.get("size"),
+        source=raw.get("source", ""),
+        licence=raw.get("licence", ""),
+        description=raw.get("description", ""),
+        default=raw.get("default", False),
+        lineage=raw.get("lineage"),
+        extra={k: v for k, v in raw.items() if k not in _KNOWN and k not in _SETUP_ONLY},
+    )
+
+
+def _toml_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"a {type(value).__name__}"

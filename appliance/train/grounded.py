@@ -32,13 +32,14 @@ number varies. Everything is seeded: the same inputs give the same file.
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.evaluate.squad import (
     Article,
@@ -51,6 +52,9 @@ from appliance.evaluate.squad import (
 from appliance.generate.prompt import ABSTAIN_SENTENCE, build_rag_prompt
 from appliance.types import Hit
 
+if TYPE_CHECKING:
+    from appliance.api import Appliance
+
 __all__ = [
     "GroundedOptions",
     "GroundedReport",
@@ -58,7 +62,9 @@ __all__ = [
     "SquadSources",
     "answer_text",
     "build_grounded",
+    "check_squad_kb",
     "held_out_articles",
+    "squad_corpus_dir",
 ]
 
 SourceFinder = Callable[[Question, int], list[Hit]]
@@ -142,6 +148,33 @@ def held_out_articles(articles: Sequence[Article]) -> tuple[list[Article], list[
     """(train-data articles, held-out articles): SQuAD's dev split trains, test is held out."""
     dev, test = split_articles(articles)
     return dev, test
+
+
+def squad_corpus_dir(home: Path, kb: str) -> Path:
+    """Where the SQuAD paragraphs of knowledge base ``kb`` are written as corpus files (as
+    :func:`appliance.evaluate.runner.prepare_squad_kb` writes them)."""
+    return home / "eval" / "squad" / kb
+
+
+def check_squad_kb(app: Appliance, kb: str) -> None:
+    """Raise InputError unless ``kb`` is new or holds only SQuAD corpus files of its own
+    corpus folder, so that ingesting SQuAD (which prunes) cannot touch a user's knowledge
+    base."""
+    from appliance.errors import InputError
+
+    if kb not in app.list_kbs():
+        return
+    folder = squad_corpus_dir(app.settings.home, kb)
+    homes = {os.path.abspath(folder), os.path.realpath(folder)}
+    with app.open_kb(kb) as store:
+        foreign = [d.path for d in store.documents()
+                   if os.path.dirname(d.path) not in homes or parse_corpus_name(d.path) is None]
+    if foreign:
+        raise InputError(
+            f"Knowledge base '{kb}' holds documents that are not SQuAD paragraphs (e.g. "
+            f"{foreign[0]}) and would be pruned; pass a new --kb name (such as 'squad-{kb}') "
+            "so the SQuAD articles get a knowledge base of their own."
+        )
 
 
 def answer_text(answer: str, n: int) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 from appliance.config import Settings
 from appliance.errors import ConfigError, InputError, ModelNotFoundError
-from appliance.models.registry import ModelEntry, Registry, sha256_file
+from appliance.models.registry import ModelEntry, Registry, sha256_file, valid_model_id
 from appliance.train.errors import ModelExistsError
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
     "write_manifest",
 ]
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 HEADER = (
@@ -51,7 +50,7 @@ HEADER = (
 
 def validate_model_id(model_id: str) -> str:
     """``model_id`` if usable as an id and file name, else InputError."""
-    if not _ID.match(model_id) or model_id.endswith((".gguf", ".")):
+    if not valid_model_id(model_id):
         raise InputError(
             f"'{model_id}' is not a valid model id: use letters, digits, '.', '_' or '-' "
             "(at most 64, starting with a letter or digit, not ending in .gguf)."
