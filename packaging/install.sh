@@ -12,8 +12,9 @@
 #   --python PYTHON     the Python @PYTHON_VERSION@ interpreter to use (must have venv)
 #
 # Nothing is written to the prefix before every file of the bundle matched its MANIFEST and the
-# signature over the MANIFEST was checked. A re-run (or a newer bundle) upgrades in place and
-# keeps your knowledge bases and feedback.
+# signature over the MANIFEST was checked. The prefix must be new, empty, or an earlier
+# installation; a failed install takes back what it wrote. A re-run (or a newer bundle)
+# upgrades in place and keeps your knowledge bases and feedback.
 set -eu
 
 BUNDLE_PYTHON='@PYTHON_VERSION@'
@@ -101,7 +102,9 @@ fi
     die "$PY lacks the venv module; install it (Debian/Ubuntu: apt install python$BUNDLE_PYTHON-venv) and re-run"
 say "using $PY"
 
-# --- 2. integrity and origin, before anything is placed --------------------------------------------
+# --- 2. the prefix, integrity and origin, before anything is placed --------------------------------------------
+# the prefix: new, empty or an earlier installation, with nothing of the user's in the way
+"$PY" -I -B -S "$HERE/tools/verify.py" --prefix "$PREFIX" || exit 1
 say "checking every file of $HERE against its MANIFEST, and the signature ..."
 set -- "$HERE"
 if [ -n "$TRUSTED_KEY" ]; then set -- "$@" --trusted-key "$TRUSTED_KEY"; fi
@@ -114,8 +117,17 @@ if [ "$INTEGRITY_ONLY" -eq 1 ]; then set -- "$@" --integrity-only; fi
 # --- 3. the environment ------------------------------------------------------------------------
 REL=""
 DONE=0
+NEW_PREFIX=0
+NEW_RELEASES=0
+[ -e "$PREFIX" ] || NEW_PREFIX=1
+[ -e "$PREFIX/releases" ] || NEW_RELEASES=1
 cleanup() {
-    if [ "$DONE" -eq 0 ] && [ -n "$REL" ]; then rm -rf "$REL"; fi
+    if [ "$DONE" -eq 0 ]; then
+        if [ -n "$REL" ]; then rm -rf "$REL"; fi
+        # only folders this run made, and only when empty again
+        if [ "$NEW_RELEASES" -eq 1 ]; then rmdir "$PREFIX/releases" 2>/dev/null || true; fi
+        if [ "$NEW_PREFIX" -eq 1 ]; then rmdir "$PREFIX" 2>/dev/null || true; fi
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

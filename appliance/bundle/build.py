@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -540,6 +541,67 @@ def _set_times(root: Path, epoch: int) -> None:
         os.utime(dirpath, (epoch, epoch))
 
 
+_BUNDLE_FIELDS = ("format", "appliance", "python", "platform", "models", "signer", "wheels")
+"""Fields every bundle.json a build writes has (what tells an earlier bundle apart)."""
+
+
+def _earlier_bundle(out: Path) -> str | None:
+    """Why ``out`` (an existing folder) is not an earlier bundle; None when it is one.
+
+    A bundle's bundle.json has the fields a build writes, its MANIFEST parses, and nothing
+    is in the folder that the MANIFEST does not list (so replacing it loses nothing else).
+    """
+    try:
+        info = json.loads(verify.read_capped(out / "bundle.json", verify.MANIFEST_LIMIT,
+                                             "bundle.json").decode("utf-8"))
+        entries = verify.read_manifest(out)
+    except FileNotFoundError as exc:
+        return f"it has no {Path(str(exc.filename)).name}"
+    except (verify.VerifyError, UnicodeDecodeError, ValueError):
+        return "its bundle.json or MANIFEST is not one a build writes"
+    if not isinstance(info, dict) or any(k not in info for k in _BUNDLE_FIELDS) \
+            or info.get("format") != 1:
+        return "its bundle.json is not one a build writes"
+    listed = {e.path for e in entries} | verify.UNLISTED
+    try:
+        present = dict(verify._walk(out))
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc})"
+    extra = sorted(p for p, st in present.items()
+                   if p not in listed or not stat.S_ISREG(st.st_mode))
+    if extra:
+        shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+        return f"it holds files its MANIFEST does not list ({shown})"
+    return None
+
+
+def _check_out(out: Path) -> None:
+    """BundleError unless ``out`` is missing, an empty folder or an earlier bundle."""
+    if not os.path.lexists(out):
+        ancestor = out.parent
+        while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise BundleError(f"Cannot create {out}: {ancestor} is a file, not a folder; give "
+                              "--out a folder whose parents are folders.")
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise BundleError(f"{out} exists and is not a folder; give --out a new or empty folder "
+                          "(a folder on the stick, not its root).")
+    try:
+        empty = not any(out.iterdir())
+    except OSError as exc:
+        raise BundleError(f"Cannot list {out}: {exc.strerror or exc}; give --out a folder you "
+                          "can write.") from exc
+    if empty:
+        return
+    why = _earlier_bundle(out)
+    if why is not None:
+        raise BundleError(f"{out} is not empty and not an earlier bundle ({why}); nothing was "
+                          "changed: give --out a new or empty folder (a folder on the stick, not "
+                          "its root).")
+
+
 # -- the build -------------------------------------------------------------------------------------
 
 
@@ -555,10 +617,7 @@ def build_bundle(app: Appliance, options: BuildOptions, log: Log | None = None) 
     cache = options.cache or appliance_cache()
     epoch = _epoch()
     out = Path(options.out).expanduser().resolve()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (
-            (out / verify.MANIFEST).is_file() and (out / "bundle.json").is_file()))):
-        raise BundleError(f"{out} exists and is not an earlier bundle; give --out a new or empty "
-                          "folder (a folder on the stick, not its root).")
+    _check_out(out)
     kb_names = [validate_kb_name(n) for n in dict.fromkeys(options.kbs)]
     for name in kb_names:
         if not app.settings.kb_path(name).is_file():
@@ -569,8 +628,13 @@ def build_bundle(app: Appliance, options: BuildOptions, log: Log | None = None) 
     embedders = [_kb_embedder(app, n) for n in kb_names]
     models = _select_models(app, options.models, embedders)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        root = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    except OSError as exc:
+        raise BundleError(f"Cannot create the bundle folder {out}: {exc.strerror or exc} "
+                          f"({exc.filename or out.parent}); give --out a folder whose parent is a "
+                          "folder you can write.") from exc
     try:
         t = time.perf_counter()
         wheels_dir = root / "wheels"
@@ -663,7 +727,8 @@ def build_bundle(app: Appliance, options: BuildOptions, log: Log | None = None) 
         _set_times(root, epoch)
         steps["manifest"] = time.perf_counter() - t
 
-        if out.exists():
+        _check_out(out)  # again: the folder may have changed during the build
+        if os.path.lexists(out):
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
             root.rename(out)

@@ -24,6 +24,7 @@ import binascii
 import hashlib
 import importlib
 import io
+import json
 import os
 import re
 import shutil
@@ -45,12 +46,15 @@ __all__ = [
     "Report",
     "VerifyError",
     "check_files",
+    "check_prefix",
     "fingerprint",
     "format_manifest",
     "main",
     "normalize_fingerprint",
     "raw_public_key",
+    "read_capped",
     "read_manifest",
+    "read_state",
     "sha256_file",
     "verify_bundle",
     "verify_signature",
@@ -64,6 +68,17 @@ UNLISTED = frozenset({MANIFEST, SIGNATURE})
 
 _PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+=-]*(/[A-Za-z0-9_][A-Za-z0-9._+=-]*)*$")
 _LINE = re.compile(r"^([0-9a-f]{64}) ([0-9]{1,15}) (\S+)$")
+MANIFEST_LIMIT = 4 << 20
+"""Largest MANIFEST read (a real one is a few kB: one short line per file)."""
+SIGNATURE_LIMIT = 4096
+KEY_LIMIT = 64 << 10
+STATE = "state.json"
+"""What an install placed (written by the installer; it marks a prefix as an installation)."""
+WRAPPER_TAG = "# appliance, installed from a bundle."
+"""How the second line of the ``PREFIX/bin/appliance`` wrapper the installer writes begins."""
+RELEASE_NAME = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9]+$")
+"""How install.sh names a release folder (UTC time, then its process id)."""
+
 # DER prefix of an ed25519 SubjectPublicKeyInfo (RFC 8410): the 32 key bytes follow it.
 _ED25519_SPKI = bytes.fromhex("302a300506032b6570032100")
 # Wheels the signature check needs when the running Python lacks cryptography.
@@ -120,18 +135,51 @@ def valid_path(path: str) -> bool:
     return bool(_PATH.match(path)) and ".." not in path.split("/")
 
 
+def read_capped(path: Path, limit: int, what: str, *, follow: bool = False) -> bytes:
+    """The bytes of the regular file ``path`` (at most ``limit``), else VerifyError.
+
+    Never blocks on a FIFO or reads a device: the file is opened non-blocking and checked to
+    be a regular file before anything is read. A link is refused unless ``follow`` (files of
+    a bundle must be plain files; a key the user names may be a link to one).
+    ``FileNotFoundError`` passes through so callers can say what is missing.
+    """
+    if not follow and os.path.islink(path):
+        raise VerifyError(f"{what} {path} is a link, not a regular file; the bundle is damaged or "
+                          "was tampered with: do not install it.")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise VerifyError(f"Cannot read {what} {path}: {exc.strerror or exc}; check the path "
+                          "and its permissions.") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise VerifyError(f"{what} {path} is not a regular file (a folder, device or pipe); "
+                          "give the real file.")
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            data = fh.read(limit + 1)
+        except OSError as exc:
+            raise VerifyError(f"Cannot read {what} {path}: {exc.strerror or exc}; check the "
+                              "stick.") from exc
+    if len(data) > limit:
+        raise VerifyError(f"{what} {path} is larger than {limit} bytes, far more than a real one; "
+                          "give the right file.")
+    return data
+
+
 def read_manifest(bundle: Path) -> list[Entry]:
     """Parse ``bundle/MANIFEST``; VerifyError when missing or malformed."""
     path = bundle / MANIFEST
     try:
-        data = path.read_bytes()
+        data = read_capped(path, MANIFEST_LIMIT, "The manifest")
     except FileNotFoundError:
         raise VerifyError(
             f"{bundle} has no {MANIFEST}: it is not a bundle, or the manifest was removed; "
             "copy the whole bundle folder again."
         ) from None
-    except OSError as exc:
-        raise VerifyError(f"Cannot read {path}: {exc.strerror or exc}; check the stick.") from exc
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
@@ -324,17 +372,28 @@ def verify_signature(
     and, when a trusted key or fingerprint is given, the signer must be that key (origin).
     """
     try:
-        signature = (bundle / SIGNATURE).read_bytes()
+        signature = read_capped(bundle / SIGNATURE, SIGNATURE_LIMIT, "The signature")
     except FileNotFoundError:
         raise VerifyError(f"{bundle} has no {SIGNATURE}: the bundle is unsigned or damaged; "
                           "do not install it, rebuild or copy it again.") from None
     if len(signature) != 64:
         raise VerifyError(f"{SIGNATURE} is not an ed25519 signature; the bundle is damaged or "
                           "was tampered with: do not install it.")
-    message = (bundle / MANIFEST).read_bytes()
-    if PUBLIC_KEY not in {e.path for e in entries}:
-        raise VerifyError(f"The MANIFEST does not list {PUBLIC_KEY}; rebuild the bundle.")
-    shipped_pem = (bundle / PUBLIC_KEY).read_bytes()
+    try:
+        message = read_capped(bundle / MANIFEST, MANIFEST_LIMIT, "The manifest")
+        if PUBLIC_KEY not in {e.path for e in entries}:
+            raise VerifyError(f"The MANIFEST does not list {PUBLIC_KEY}; rebuild the bundle.")
+        shipped_pem = read_capped(bundle / PUBLIC_KEY, KEY_LIMIT, "The shipped key")
+    except FileNotFoundError as exc:
+        raise VerifyError(f"{exc.filename} disappeared during the check; copy the bundle again "
+                          "from its source.") from None
+    trusted_pem: bytes | None = None
+    if trusted_key is not None:  # read before anything is unpacked: a bad path fails fast
+        try:
+            trusted_pem = read_capped(trusted_key, KEY_LIMIT, "The trusted key", follow=True)
+        except FileNotFoundError:
+            raise VerifyError(f"The trusted key {trusted_key} does not exist; check the "
+                              "path.") from None
     shipped = raw_public_key(shipped_pem)
     signer = fingerprint(shipped_pem)
     trusted = False
@@ -342,12 +401,7 @@ def verify_signature(
                           "was tampered with: do not install it.")
     with _crypto_available(bundle, entries):
         shipped_ok = _signature_valid(shipped, signature, message)
-        if trusted_key is not None:
-            try:
-                trusted_pem = trusted_key.read_bytes()
-            except OSError as exc:
-                raise VerifyError(f"Cannot read the trusted key {trusted_key}: "
-                                  f"{exc.strerror or exc}; check the path.") from exc
+        if trusted_pem is not None:
             trusted_raw = raw_public_key(trusted_pem)
             if _signature_valid(trusted_raw, signature, message):
                 return fingerprint(trusted_pem), True
@@ -390,6 +444,92 @@ def verify_bundle(
     return Report(files=files, bytes=size, signer=signer, trusted=trusted, trust_source=source)
 
 
+# -- the install prefix ---------------------------------------------------------------------------
+
+
+def _names(items: list[str]) -> str:
+    return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
+
+def read_state(prefix: Path) -> dict[str, Any] | None:
+    """``PREFIX/state.json`` when it is one the installer wrote, else None."""
+    try:
+        data = read_capped(prefix / STATE, MANIFEST_LIMIT, "The install state")
+        state = json.loads(data.decode("utf-8"))
+    except (FileNotFoundError, VerifyError, UnicodeDecodeError, ValueError):
+        return None
+    if (isinstance(state, dict) and isinstance(state.get("release"), str)
+            and isinstance(state.get("manifest_sha256"), str)
+            and isinstance(state.get("kbs"), dict)):
+        return state
+    return None
+
+
+def _is_wrapper(path: Path) -> bool:
+    try:
+        head = read_capped(path, KEY_LIMIT, "The wrapper")
+    except (OSError, VerifyError):
+        return False
+    return any(line.startswith(WRAPPER_TAG.encode()) for line in head.split(b"\n")[:3])
+
+
+def check_prefix(prefix: Path) -> bool:
+    """Whether the installer may write at ``prefix``; VerifyError naming it when not.
+
+    Returns False for a new or empty folder, True for an earlier installation (its
+    ``state.json`` is one the installer wrote). Anything else is the user's folder and is
+    refused, as is an installation where something of the user's stands where the installer
+    writes (``current`` not a link, ``bin/appliance`` not its wrapper, ...).
+    """
+    try:
+        st = os.stat(prefix)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise VerifyError(f"Cannot look into the prefix {prefix}: {exc.strerror or exc}; choose "
+                          "another --prefix.") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise VerifyError(f"The prefix {prefix} exists and is not a folder; give --prefix a new "
+                          "or empty folder.")
+    try:
+        names = sorted(os.listdir(prefix))
+    except OSError as exc:
+        raise VerifyError(f"Cannot list the prefix {prefix}: {exc.strerror or exc}; choose "
+                          "another --prefix.") from exc
+    if not names:
+        return False
+    if read_state(prefix) is None:
+        raise VerifyError(
+            f"The prefix {prefix} is not empty ({_names(names)}) and holds no earlier appliance "
+            "installation; nothing was changed: give --prefix a new or empty folder, or the "
+            "folder of an earlier installation."
+        )
+    in_the_way: list[str] = []
+    current = prefix / "current"
+    if os.path.lexists(current) and not current.is_symlink():
+        in_the_way.append("current (not the installer's link)")
+    for name in ("releases", "bin"):
+        path = prefix / name
+        if os.path.lexists(path) and (path.is_symlink() or not path.is_dir()):
+            in_the_way.append(f"{name} (not a folder)")
+    wrapper = prefix / "bin" / "appliance"
+    if os.path.lexists(wrapper) and (wrapper.is_symlink() or not _is_wrapper(wrapper)):
+        in_the_way.append("bin/appliance (not the installer's wrapper)")
+    for name in ("data", "data/kb"):
+        path = prefix / name
+        if os.path.lexists(path) and not path.is_dir():
+            in_the_way.append(f"{name} (not a folder)")
+    state = prefix / STATE
+    if state.is_symlink():
+        in_the_way.append(f"{STATE} (a link)")
+    if in_the_way:
+        raise VerifyError(
+            f"The installation at {prefix} has something of yours where the installer writes "
+            f"({_names(in_the_way)}); nothing was changed: move it away and re-run install.sh."
+        )
+    return True
+
+
 # -- the script on the stick ----------------------------------------------------------------------
 
 
@@ -409,13 +549,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="verify.py", description="Check an appliance bundle before installing it."
     )
-    parser.add_argument("bundle", type=Path)
+    parser.add_argument("bundle", type=Path, nargs="?")
     parser.add_argument("--trusted-key", type=Path, help="The builder's public key (.pub).")
     parser.add_argument("--trusted-fingerprint", help="The builder's key fingerprint.")
     parser.add_argument("--integrity-only", action="store_true",
                         help="Do not ask to confirm the signer; check integrity only.")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--prefix", type=Path,
+                        help="Only check that the installer may write at this folder.")
     args = parser.parse_args(argv)
+    if args.prefix is not None:
+        try:
+            check_prefix(args.prefix)
+        except VerifyError as exc:
+            print(f"REFUSED: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.bundle is None:
+        parser.error("give the bundle's folder (or --prefix DIR)")
     try:
         report = verify_bundle(args.bundle, trusted_key=args.trusted_key,
                                trusted_fingerprint=args.trusted_fingerprint)
@@ -430,6 +581,10 @@ def main(argv: list[str] | None = None) -> int:
             report.trusted, report.trust_source = True, "confirmed"
     except VerifyError as exc:
         print(f"REFUSED: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file vanished or became unreadable during the check
+        print(f"REFUSED: cannot read {exc.filename or 'the bundle'}: {exc.strerror or exc}; "
+              "copy the bundle again from its source.", file=sys.stderr)
         return 1
     if not args.quiet:
         print(f"verified: {report.files} files, {report.bytes / 1e6:.1f} MB, every sha256 "

@@ -93,6 +93,9 @@ def bundle_verify(directory: Path, trusted_key: Path | None, trusted_fingerprint
                                trusted_fingerprint=trusted_fingerprint)
     except VerifyError as exc:
         raise BundleError(str(exc)) from exc
+    except OSError as exc:  # a file vanished or became unreadable during the check
+        raise BundleError(f"Cannot read {exc.filename or directory}: {exc.strerror or exc}; "
+                          "copy the bundle again from its source.") from exc
     if as_json:
         click.echo(json.dumps({"ok": True, "files": report.files, "bytes": report.bytes,
                                "signer": report.signer, "trusted": report.trusted}))
