@@ -154,6 +154,9 @@ def test_verify_command(built: Built) -> None:
     proc = _cli("bundle", "verify", str(built.a), "--trusted-key", str(built.other_pub),
                 home=built.home)
     assert proc.returncode == 6 and "not signed by the trusted key" in proc.stderr
+    proc = _cli("bundle", "verify", str(built.a), "--trusted-key", str(built.pub),
+                "--trusted-fingerprint", "00" * 32, home=built.home)  # one would go unchecked
+    assert proc.returncode == 6 and "not both" in proc.stderr
 
 
 def test_stick_verifier_needs_only_the_stdlib(built: Built) -> None:

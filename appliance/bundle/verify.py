@@ -256,7 +256,7 @@ def check_files(
     if problems:
         raise VerifyError(
             f"The bundle at {bundle} does not match its manifest ({'; '.join(problems)}); it is "
-            "damaged or was tampered with: nothing was installed, copy the bundle again from its "
+            "damaged or was tampered with: do not install it; copy the bundle again from its "
             "source."
         )
     return len(entries), total
@@ -370,7 +370,11 @@ def verify_signature(
 
     The signature must verify with the bundle's ``signing.pub`` (integrity of the manifest)
     and, when a trusted key or fingerprint is given, the signer must be that key (origin).
+    Giving both is refused: one of them would go unchecked.
     """
+    if trusted_key is not None and trusted_fingerprint is not None:
+        raise VerifyError("Give the trusted key or its fingerprint, not both; either one "
+                          "checks where the bundle comes from.")
     try:
         signature = read_capped(bundle / SIGNATURE, SIGNATURE_LIMIT, "The signature")
     except FileNotFoundError:
