@@ -11,9 +11,10 @@ extension or ``fmt``. Each record is appended, flushed and fsynced as soon as it
 so ``kill -9`` loses at most the question in flight; a rerun reads the records already
 written and skips their ids. CSV and Markdown are rendered at the end from a JSONL journal
 beside the output (``OUT.partial.jsonl``), which is removed once every question has a
-record. A question whose answer raises is counted as failed (and retried by a rerun); the
-batch goes on. Errors that would fail every question (a missing model, a broken
-knowledge base) stop the batch.
+record; an existing CSV or Markdown output without its journal (a finished run, or some
+other file) is never overwritten. A question whose answer raises is counted as failed (and
+retried by a rerun); the batch goes on. Errors that would fail every question (a missing
+model, a broken knowledge base) stop the batch.
 """
 
 from __future__ import annotations
@@ -478,6 +479,10 @@ def run_batch(
                          "progress go too; give a separate file path.")
     questions, bad = read_questions(Path(questions_path))
     journal = journal_path(output, fmt)
+    if fmt != "jsonl" and output.exists() and not journal.exists():
+        raise InputError(f"{output} already exists and no unfinished run of it is recorded "
+                         "(it is complete, or another file); remove it or choose another output, "
+                         "or use a .jsonl output, which a rerun extends.")
     summary = BatchSummary(total=len(questions), bad_rows=bad, output=str(output))
     with _locked_append(journal) as fh:
         done = read_done(journal)

@@ -275,6 +275,9 @@ def test_csv_and_markdown_outputs_use_a_journal(tmp_path: Path, fmt: str) -> Non
     else:
         assert text.startswith("# Answers") and text.count("\n## ") == 6
         assert "**Closest sources**" in text and "`/d/a.md`" in text
+    with pytest.raises(InputError, match="already exists"):  # finished: not redone, not lost
+        run_batch(qfile, out, fake_answer)
+    assert out.read_text(encoding="utf-8") == text
 
 
 def test_a_second_writer_is_refused(tmp_path: Path) -> None:
