@@ -202,7 +202,9 @@ def _read_jsonl(text: str) -> Iterator[_Row | BadRow]:
 
 
 def _read_csv(text: str, path: Path) -> Iterator[_Row | BadRow]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: a quote left open runs to the end of the file; without it the following rows
+    # would silently become one long question
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)
     except StopIteration:

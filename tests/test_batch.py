@@ -108,6 +108,14 @@ def test_read_csv(tmp_path: Path) -> None:
         (5, "empty question"), (6, "missing column 'question'"), (7, "duplicate id 'x1'")]
 
 
+def test_csv_with_a_quote_left_open_is_a_bad_row_not_a_merged_question(tmp_path: Path) -> None:
+    path = tmp_path / "q.csv"
+    path.write_text('question,id\nFirst?,1\n"Unterminated?,2\nThird?,3\n', encoding="utf-8")
+    qs, bad = read_questions(path)
+    assert [(q.id, q.question) for q in qs] == [("1", "First?")]
+    assert len(bad) == 1 and bad[0].line == 3 and "unexpected end of data" in bad[0].reason
+
+
 def test_csv_without_question_column(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no 'question' column"):
         read_questions(write(tmp_path / "q.csv", "id,text\n1,hello\n"))
