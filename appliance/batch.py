@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from appliance.errors import ApplianceError, InputError
-from appliance.types import Answer
+from appliance.types import Answer, strip_controls
 
 __all__ = [
     "FORMATS",
@@ -167,7 +167,7 @@ def _read_text(path: Path) -> str:
 def _clean(question: Any) -> str | None:
     if not isinstance(question, str):
         return None
-    text = " ".join(question.split())
+    text = " ".join(strip_controls(question).split())
     return text or None
 
 

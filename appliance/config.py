@@ -80,7 +80,8 @@ class EmbedSettings(_Section):
     model: str = Field("minilm-l6-v2-int8", description="Registry id of the embedder.")
     batch_size: int = Field(32, ge=1, le=1024, description="Texts embedded per ONNX call.")
     max_tokens: int = Field(256, ge=16, le=512, description="Truncation length in tokens.")
-    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: physical cores).")
+    threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads (0: "
+                         "physical cores; at most 256: thousands of threads never finish).")
 
 
 class StoreSettings(_Section):
@@ -202,7 +203,8 @@ class GenerateSettings(_Section):
     max_tokens: int = Field(256, ge=1, description="Most tokens generated per answer.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature (0: greedy).")
     seed: int = Field(0, description="Sampling seed.")
-    threads: int = Field(0, ge=0, description="Generation threads (0: physical cores).")
+    threads: int = Field(0, ge=0, le=256, description="Generation threads (0: physical cores; "
+                         "at most 256: thousands of threads never finish).")
 
 
 class Settings(_Section):

@@ -45,7 +45,8 @@ from appliance.generate import (
 from appliance.generate.citations import source_citation
 from appliance.generate.prompt import PromptSource
 from appliance.retrieve import SearchResult
-from appliance.types import Answer, Citation, Generator, Hit
+from appliance.store import has_content_words
+from appliance.types import Answer, Citation, Generator, Hit, strip_controls
 
 if TYPE_CHECKING:
     from appliance.api import Appliance
@@ -83,12 +84,19 @@ def _best(hits: Sequence[Hit], channel: str) -> float | None:
     return max(values) if values else None
 
 
-def retrieval_abstains(hits: Sequence[Hit], config: AnswerSettings) -> bool:
-    """Whether the retrieved hits carry too little evidence to be worth asking the model."""
+def retrieval_abstains(hits: Sequence[Hit], config: AnswerSettings,
+                       question: str | None = None) -> bool:
+    """Whether the retrieved hits carry too little evidence to be worth asking the model.
+
+    Keyword matches on a ``question`` made only of common words ("the of and") are no
+    evidence: any document has them.
+    """
     if not hits:
         return True
     vector = _best(hits, "vector")
     keyword = _best(hits, "keyword")
+    if question is not None and keyword is not None and not has_content_words(question):
+        keyword = 0.0
     if vector is not None and vector >= config.abstain_min_vector:
         return False
     if keyword is not None and keyword >= config.abstain_min_keyword:
@@ -129,7 +137,7 @@ def answer(
     reuses its KV cache.
     """
     t0 = time.perf_counter()
-    text = question.strip()
+    text = strip_controls(question).strip()
     if not text:
         raise InputError("The question is empty; type a question.")
     if mode not in MODES:
@@ -154,7 +162,7 @@ def answer(
         timings["embed"] = round(result.timings_ms.get("embed", 0.0), 3)
         timings["search"] = round(
             result.timings_ms.get("search", 0.0) + result.timings_ms.get("rerank", 0.0), 3)
-        if retrieval_abstains(hits, config):
+        if retrieval_abstains(hits, config, text):
             record.answer = ABSTAIN_SENTENCE
             record.abstained = True
             record.closest = [_hit_citation(i, h) for i, h in enumerate(hits[: config.closest], 1)]

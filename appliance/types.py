@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -20,6 +21,7 @@ __all__ = [
     "IngestReport",
     "LoadedDocument",
     "Section",
+    "strip_controls",
 ]
 
 
@@ -212,3 +214,12 @@ class Generator(Protocol):
         at the first generated position only (a calibrated nudge, e.g. against abstaining).
         """
         ...
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def strip_controls(text: str) -> str:
+    """``text`` without control characters (NUL, terminal escape codes, ...), tabs and line
+    breaks kept: no question means them, and echoing them would drive the terminal."""
+    return _CONTROL.sub("", text)

@@ -108,6 +108,12 @@ def test_read_csv(tmp_path: Path) -> None:
         (5, "empty question"), (6, "missing column 'question'"), (7, "duplicate id 'x1'")]
 
 
+def test_a_line_of_control_characters_is_an_empty_question(tmp_path: Path) -> None:
+    qs, bad = read_questions(write(tmp_path / "q.txt", "\x00\x00\nWhat\x1b[2J is A?\n"))
+    assert [(q.id, q.question) for q in qs] == [("q2", "What[2J is A?")]
+    assert [(b.line, b.reason) for b in bad] == [(1, "empty question")]
+
+
 def test_csv_with_a_quote_left_open_is_a_bad_row_not_a_merged_question(tmp_path: Path) -> None:
     path = tmp_path / "q.csv"
     path.write_text('question,id\nFirst?,1\n"Unterminated?,2\nThird?,3\n', encoding="utf-8")

@@ -30,6 +30,9 @@ def test_bad_setting_is_reported(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text("[ingest]\nchunk_tokens = 5\n")
     proc = run_cli("kb", "list", home=tmp_path)
     assert proc.returncode == 2 and "ingest.chunk_tokens" in proc.stderr
+    (tmp_path / "config.toml").write_text("[generate]\nthreads = 10000\n")  # would never end
+    proc = run_cli("kb", "list", home=tmp_path)
+    assert proc.returncode == 2 and "generate.threads" in proc.stderr
 
 
 def test_help_lists_commands(tmp_path: Path) -> None:

@@ -183,6 +183,19 @@ def test_retrieval_thresholds(vector: float | None, keyword: float | None,
     assert retrieval_abstains([hit(1, vector, keyword)], CONFIG) is abstains
 
 
+def test_keyword_matches_on_common_words_alone_are_no_evidence() -> None:
+    strong_keyword = [hit(1, 0.1, 19.0)]
+    assert retrieval_abstains(strong_keyword, CONFIG, "the of and")
+    assert not retrieval_abstains(strong_keyword, CONFIG, "the pump of the boiler")
+    assert not retrieval_abstains([hit(1, 0.5, 19.0)], CONFIG, "the of and")  # vector evidence
+
+
+def test_control_characters_are_not_a_question(settings: Settings) -> None:
+    gen = FakeGenerator()
+    with pytest.raises(InputError, match="empty"):
+        answer("\x00\x07 \x1b", generator=gen, settings=settings, mode="base")
+
+
 def test_best_hit_of_each_channel_counts(settings: Settings) -> None:
     # the fused top hit is weak on both channels, but the third hit has strong keyword evidence
     hits = [hit(1, 0.1, 1.0), hit(2, 0.2, None), hit(3, None, 12.0)]

@@ -59,9 +59,12 @@ def ask(c: AppContext, question: str, kb: str, mode: str | None, model: str | No
     pipeline = Pipeline(c.app)
     streamed = False
 
+    shown: list[str] = []
+
     def on_token(piece: str) -> None:
         nonlocal streamed
         streamed = True
+        shown.append(piece)
         out.print(piece, end="", markup=False, highlight=False)
 
     try:
@@ -72,7 +75,13 @@ def ask(c: AppContext, question: str, kb: str, mode: str | None, model: str | No
     if as_json:
         click.echo(json.dumps(answer.to_json(), ensure_ascii=False))
         return
-    out.print() if streamed else out.print(answer.answer, markup=False)
+    if streamed:
+        out.print()
+        if answer.abstained and "".join(shown).strip() != answer.answer:
+            # what streamed was set aside (empty once the [n] are removed, or cut off)
+            out.print(answer.answer, markup=False)
+    else:
+        out.print(answer.answer, markup=False)
     _print_sources(answer)
     err.print(f"[dim]{lit(_timing_line(answer))}[/]")
 

@@ -23,6 +23,7 @@ from appliance.cli._base import (
 )
 from appliance.config import RetrieveSettings
 from appliance.errors import ApplianceError, InputError, KnowledgeBaseNotFoundError
+from appliance.types import strip_controls
 
 # -- ingest ----------------------------------------------------------------------------------
 
@@ -100,11 +101,11 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
             lines = queries.read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"Cannot read {queries}: {exc}; give a UTF-8 text file.") from exc
-        items = [q.strip() for q in lines if q.strip()]
+        items = [q for q in (strip_controls(line).strip() for line in lines) if q]
         if not items:
             raise InputError(f"{queries} holds no query; write one query per line.")
-    elif query:
-        items = [query]
+    elif query and strip_controls(query).strip():
+        items = [strip_controls(query).strip()]
     else:
         raise InputError("Give a query, or --queries FILE with one query per line.")
     prefix = os.path.abspath(path_prefix) if path_prefix else None

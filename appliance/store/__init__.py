@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from appliance.config import Settings
 from appliance.errors import InputError, KnowledgeBaseNotFoundError
-from appliance.store.sqlite import ChunkRow, DocumentRow, KnowledgeBase, fts_query, query_words
+from appliance.store.sqlite import (
+    ChunkRow,
+    DocumentRow,
+    KnowledgeBase,
+    fts_query,
+    has_content_words,
+    query_words,
+)
 
 __all__ = [
     "ChunkRow",
     "DocumentRow",
     "KnowledgeBase",
     "fts_query",
+    "has_content_words",
     "list_kbs",
     "open_kb",
     "query_words",

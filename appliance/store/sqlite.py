@@ -70,6 +70,11 @@ def query_words(text: str) -> list[str]:
     return [w for w in words if w not in _STOPWORDS] or words
 
 
+def has_content_words(text: str) -> bool:
+    """Whether ``text`` has a word that is not a common English word (a stopword)."""
+    return any(w.strip("_") and w not in _STOPWORDS for w in _WORD.findall(text.lower()))
+
+
 def fts_query(text: str) -> str | None:
     """Turn free text into a safe FTS5 query: quoted words joined by OR.
 
