@@ -191,6 +191,15 @@ def test_markdown_front_matter_inline_titles_and_preamble(tmp_path: Path) -> Non
     assert "tags" not in all_text(doc)
 
 
+def test_markdown_script_and_style_blocks_are_not_text(tmp_path: Path) -> None:
+    doc = load(write(tmp_path, "x.md", "# Page\n\nBefore.\n\n<script>\nalert('scriptword')\n"
+                     "</script>\n\n<STYLE>p { color: red }</STYLE>\n\n<div>kept html</div>\n\n"
+                     "After.\n"))
+    text = all_text(doc)
+    assert "Before." in text and "After." in text and "kept html" in text
+    assert "scriptword" not in text and "color" not in text
+
+
 def test_markdown_title_falls_back_to_stem(tmp_path: Path) -> None:
     doc = load(write(tmp_path, "my-notes.markdown", "## Only h2\n\ntext\n"))
     assert doc.title == "my-notes"

@@ -238,6 +238,7 @@ def _load_text(path: Path, data: bytes, settings: IngestSettings) -> LoadedDocum
 _FRONT_MATTER_END = re.compile(r"^(?:---|\.\.\.)[ \t]*$", re.MULTILINE)
 _FRONT_MATTER_TITLE = re.compile(r"^title:[ \t]*(.+?)[ \t]*$", re.MULTILINE)
 _YAML_KEY = re.compile(r"^[A-Za-z_][\w-]*[ \t]*:")
+_HIDDEN_HTML = re.compile(r"\s*<(?:script|style|noscript|template)\b", re.IGNORECASE)
 
 
 def _split_front_matter(lines: list[str]) -> tuple[int, str]:
@@ -283,6 +284,9 @@ def _load_markdown(path: Path, data: bytes, settings: IngestSettings) -> LoadedD
 
     headings: list[tuple[int, int, int, str]] = []  # (start line, end line, level, raw title)
     tokens = _markdown(inline=False).parse(body)
+    for tok in tokens:  # a <script> or <style> block is code for a browser, not text
+        if tok.type == "html_block" and tok.map and _HIDDEN_HTML.match(tok.content):
+            lines[tok.map[0]:tok.map[1]] = [""] * (tok.map[1] - tok.map[0])
     for i, tok in enumerate(tokens):
         if tok.type == "heading_open" and tok.map and i + 1 < len(tokens):
             level = int(tok.tag[1:])
