@@ -114,3 +114,16 @@ def test_ctrl_c_says_what_is_kept(capsys: pytest.CaptureFixture[str]) -> None:
 def test_tui_without_a_terminal_says_so_instead_of_hanging(tmp_path: Path) -> None:
     proc = run_cli("tui", home=tmp_path, timeout=60)  # stdout is a pipe here
     assert proc.returncode == 2 and "needs a terminal" in " ".join(proc.stderr.split())
+
+
+def test_search_shows_the_page_of_a_pdf_hit(tmp_path: Path) -> None:
+    from tests.hostile import make_pdf
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "manual.pdf").write_bytes(make_pdf(
+        [["Safety first."], ["The pump is serviced every 400 hours by the crew."]]))
+    home = tmp_path / "home"
+    assert run_cli("ingest", str(docs), "--kb", "p", home=home).returncode == 0
+    proc = run_cli("search", "pump serviced hours", "--kb", "p", "--k", "1", home=home)
+    assert proc.returncode == 0 and "manual.pdf p. 2" in proc.stdout

@@ -131,7 +131,8 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
                     f"rerank {rr:.2f}" if rr is not None else "",
                 ) if part
             )
-            out.print(f"  [bold]{rank}.[/] {lit(hit.path)}  [green]{lit(hit.heading)}[/]  "
+            page = f" p. {hit.page}" if hit.page else ""
+            out.print(f"  [bold]{rank}.[/] {lit(hit.path)}{page}  [green]{lit(hit.heading)}[/]  "
                       f"[dim]{hit.score:.4f} {channels}[/]")
             snippet = " ".join(hit.text.split())
             out.print(f"     [dim]{lit(snippet[:160])}{'…' if len(snippet) > 160 else ''}[/]")
