@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import stat
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,6 +27,7 @@ from typing import Any, Literal
 
 from appliance.errors import InputError
 from appliance.generate import RETRIEVAL_MODES, build_base_prompt, build_rag_prompt
+from appliance.outputs import check_output_file, fsync_dir, write_lines_atomic
 from appliance.types import Answer, Hit
 
 __all__ = ["ExportReport", "FeedbackRecord", "FeedbackSource", "FeedbackStore", "feedback_path"]
@@ -177,15 +177,6 @@ class ExportReport:
         return asdict(self)
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 class FeedbackStore:
     """The append-only feedback file of one data directory (safe across threads)."""
 
@@ -207,7 +198,7 @@ class FeedbackStore:
                 fh.flush()
                 os.fsync(fh.fileno())
             if new:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
         return record
 
     def __iter__(self) -> Iterator[FeedbackRecord]:
@@ -260,26 +251,7 @@ class FeedbackStore:
                 continue
             lines.append(json.dumps({"messages": messages}, ensure_ascii=False))
             report.written += 1
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write("".join(line + "\n" for line in lines))
-                fh.flush()
-                os.fsync(fh.fileno())
-            _check_export_target(path, self.path, force)  # nothing swapped in meanwhile
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise InputError(f"Cannot write {path}: {exc.strerror or exc}; "
-                             "choose a writable file.") from exc
-        except InputError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(path.parent)
+        write_lines_atomic(path, lines)
         return report
 
 
@@ -292,24 +264,8 @@ def _latest(records: Iterable[FeedbackRecord], kb: str | None) -> list[FeedbackR
 
 
 def _check_export_target(path: Path, store: Path, force: bool) -> None:
-    """Refuse to export over the feedback file, a non-regular file, or (without ``force``)
-    any existing file."""
+    """Refuse to export over the feedback file itself (named so), then as any output."""
     with contextlib.suppress(OSError):
-        if os.path.abspath(path) == os.path.abspath(store) or (
-                store.exists() and os.path.exists(path) and os.path.samefile(path, store)):
+        if os.path.abspath(path) == os.path.abspath(store) or os.path.samefile(path, store):
             raise InputError(f"{path} is the feedback file itself; choose another output file.")
-    if not os.path.lexists(path):
-        for parent in path.absolute().parents:
-            if os.path.lexists(parent):
-                if not parent.is_dir():
-                    raise InputError(f"Cannot write {path}: {parent} is not a folder; choose "
-                                     "another output file.")
-                break
-        return
-    st = os.lstat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{path} is a symlink, folder or device, not a regular file; "
-                         "choose another output file.")
-    if not force:
-        raise InputError(f"{path} already exists; choose another output file, or add --force "
-                         "to replace it.")
+    check_output_file(path, force=force)

@@ -51,6 +51,20 @@ def demo_kb(shared_home: Path) -> Iterator[tuple[Appliance, Path]]:
     app.close()
 
 
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """``appliance ARGS`` in this process: (exit code, stdout + stderr with the console's
+    line wrapping undone). Faster than :func:`run_cli`; the data directory is the test's."""
+    from appliance.cli import main
+
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, " ".join((captured.out + captured.err).split())
+
+
 def run_cli(*args: str, home: Path, check: bool = False, timeout: float = 600,
             prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     """Run ``appliance ARGS`` in a subprocess with ``home`` as its data directory."""

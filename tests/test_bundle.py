@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -316,7 +317,13 @@ def test_offline_install_answers_and_upgrades_in_place(built: Built, tmp_path: P
 def test_reinstall_keeps_changed_knowledge_bases(tmp_path: Path) -> None:
     """Knowledge-base placement: new, identical, upgraded, kept when changed, replaced."""
     from appliance.api import Appliance
-    from appliance.bundle.install import _place_kbs, kb_fingerprint
+    from appliance.bundle.install import _place_kbs, _Undo, kb_fingerprint
+
+    def place(*args: Any) -> dict[str, str]:
+        undo = _Undo()
+        kbs = _place_kbs(*args, undo)
+        undo.commit()
+        return kbs
     from appliance.bundle.verify import sha256_file
     from appliance.config import load_settings
 
@@ -340,16 +347,16 @@ def test_reinstall_keeps_changed_knowledge_bases(tmp_path: Path) -> None:
     (data / "kb").mkdir(parents=True)
     target = data / "kb" / f"{KB}.sqlite"
 
-    state = {"kbs": _place_kbs(*versions[0], data, {}, False)}  # new
+    state = {"kbs": place(*versions[0], data, {}, False)}  # new
     assert kb_fingerprint(target) == state["kbs"][KB]
-    state = {"kbs": _place_kbs(*versions[0], data, state, False)}  # identical
-    state = {"kbs": _place_kbs(*versions[1], data, state, False)}  # unchanged by the user
+    state = {"kbs": place(*versions[0], data, state, False)}  # identical
+    state = {"kbs": place(*versions[1], data, state, False)}  # unchanged by the user
     assert kb_fingerprint(target) == kb_fingerprint(versions[1][0] / "kb" / f"{KB}.sqlite")
     shutil.copyfile(versions[0][0] / "kb" / f"{KB}.sqlite", target)  # "the user's change"
     mine = kb_fingerprint(target)
-    state = {"kbs": _place_kbs(*versions[1], data, state, False)}  # kept
+    state = {"kbs": place(*versions[1], data, state, False)}  # kept
     assert kb_fingerprint(target) == mine
-    _place_kbs(*versions[1], data, state, True)  # replaced, the user's copy backed up
+    place(*versions[1], data, state, True)  # replaced, the user's copy backed up
     assert kb_fingerprint(target) == state["kbs"][KB]
     backups = list((data / "backups").glob(f"{KB}-*.sqlite"))
     assert len(backups) == 1 and kb_fingerprint(backups[0]) == mine

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.cli import cli, main
-from tests.conftest import run_cli
+from appliance.cli import cli
+from tests.conftest import run_cli, run_main
 
 
 def test_missing_kb_is_one_sentence(tmp_path: Path) -> None:
@@ -103,12 +103,10 @@ def test_ctrl_c_says_what_is_kept(capsys: pytest.CaptureFixture[str]) -> None:
         raise KeyboardInterrupt
 
     try:
-        with pytest.raises(SystemExit) as exit_info:
-            main(["interrupt-me"])
+        code, said = run_main(capsys, "interrupt-me")
     finally:
         cli.commands.pop("interrupt-me")
-    assert exit_info.value.code == 130
-    assert "everything committed so far is kept" in capsys.readouterr().err
+    assert code == 130 and "everything committed so far is kept" in said
 
 
 def test_tui_without_a_terminal_says_so_instead_of_hanging(tmp_path: Path) -> None:

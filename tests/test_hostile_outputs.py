@@ -11,22 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance.cli import main
 from appliance.config import load_settings
 from appliance.errors import ConfigError, InputError, ModelHashError
 from appliance.feedback import FeedbackRecord, FeedbackStore, feedback_path
 from appliance.models import Registry
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    """``appliance ARGS`` in-process: (exit code, stdout + stderr, wrapping undone)."""
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, " ".join((captured.out + captured.err).split())
+from tests.conftest import run_main
 
 
 def has(text: str, part: str) -> bool:
@@ -47,17 +36,17 @@ def test_export_refuses_the_store_and_existing_files(
     store = FeedbackStore(_private_home)
     store.add(good_record())
     before = store.path.read_bytes()
-    code, text = run(capsys, "feedback", "export", "-o", str(feedback_path(_private_home)))
+    code, text = run_main(capsys, "feedback", "export", "-o", str(feedback_path(_private_home)))
     assert code == 2 and "feedback file itself" in text
-    code, _ = run(capsys, "feedback", "export", "--force", "-o", str(store.path))
+    code, _ = run_main(capsys, "feedback", "export", "--force", "-o", str(store.path))
     assert code == 2 and store.path.read_bytes() == before
 
     readme = tmp_path / "readme_copy.md"
     readme.write_text("# my notes\n", encoding="utf-8")
-    code, text = run(capsys, "feedback", "export", "-o", str(readme))
+    code, text = run_main(capsys, "feedback", "export", "-o", str(readme))
     assert code == 2 and "--force" in text and "already exists" in text
     assert readme.read_text(encoding="utf-8") == "# my notes\n"
-    code, _ = run(capsys, "feedback", "export", "--force", "-o", str(readme))
+    code, _ = run_main(capsys, "feedback", "export", "--force", "-o", str(readme))
     assert code == 0 and json.loads(readme.read_text(encoding="utf-8"))["messages"]
 
 
@@ -68,19 +57,19 @@ def test_export_never_replaces_a_symlink_and_uses_normal_permissions(
     target.write_text("keep", encoding="utf-8")
     link = tmp_path / "link.jsonl"
     link.symlink_to(target)
-    code, text = run(capsys, "feedback", "export", "--force", "-o", str(link))
+    code, text = run_main(capsys, "feedback", "export", "--force", "-o", str(link))
     assert code == 2 and "not a regular file" in text
     assert link.is_symlink() and target.read_text(encoding="utf-8") == "keep"
 
     blocker = tmp_path / "afile"
     blocker.write_text("x", encoding="utf-8")
-    code, text = run(capsys, "feedback", "export", "-o", str(blocker / "x.jsonl"))
+    code, text = run_main(capsys, "feedback", "export", "-o", str(blocker / "x.jsonl"))
     assert code == 2 and "not a folder" in text and "Traceback" not in text
 
     umask = os.umask(0o022)
     os.umask(umask)
     out = tmp_path / "new.jsonl"
-    code, _ = run(capsys, "feedback", "export", "-o", str(out))
+    code, _ = run_main(capsys, "feedback", "export", "-o", str(out))
     assert code == 0 and (out.stat().st_mode & 0o777) == (0o666 & ~umask)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
@@ -107,7 +96,7 @@ def test_export_skips_and_counts_foreign_lines(
     assert [r.answer_key for r in store] == ["k1"]
     report = store.export_chat_jsonl(tmp_path / "out.jsonl")
     assert report.written == 1 and report.skipped_lines == len(foreign) + 1
-    code, text = run(capsys, "feedback", "export", "-o", str(tmp_path / "cli.jsonl"))
+    code, text = run_main(capsys, "feedback", "export", "-o", str(tmp_path / "cli.jsonl"))
     assert code == 0 and f"skipped {len(foreign) + 1} lines" in text
 
 
@@ -143,16 +132,16 @@ def test_remove_cannot_reach_outside_the_models_folder(
     (victim / "precious.txt").write_text("data", encoding="utf-8")
     (_private_home / "train").mkdir()
     manifest = write_manifest(_private_home, entry("../victimdir"))
-    code, text = run(capsys, "models", "remove", "../victimdir", "--yes")
+    code, text = run_main(capsys, "models", "remove", "../victimdir", "--yes")
     assert code != 0 and (victim / "precious.txt").is_file()
     assert "not a valid model id" in text or "invalid id" in text
     assert "Traceback" not in text
 
-    code, text = run(capsys, "models", "list")
+    code, text = run_main(capsys, "models", "list")
     assert code == 2 and "'../victimdir'" in text and has(text, str(manifest))
 
     write_manifest(_private_home, entry("ok", file='"../victimdir/precious.txt"'))
-    code, text = run(capsys, "models", "remove", "ok", "--yes")
+    code, text = run_main(capsys, "models", "remove", "ok", "--yes")
     assert code == 2 and "Field 'file'" in text and (victim / "precious.txt").is_file()
 
 
@@ -176,7 +165,7 @@ def test_manifest_field_types_are_checked(_private_home: Path, field: str, value
 def test_invalid_toml_names_the_file_and_the_fix(
         _private_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_manifest(_private_home, "[[model]\nid = ")
-    code, text = run(capsys, "models", "list")
+    code, text = run_main(capsys, "models", "list")
     assert code == 2 and has(text, f"fix or remove {path}")
 
 

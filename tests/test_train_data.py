@@ -37,7 +37,7 @@ from appliance.train.errors import (
 from appliance.train.grounded import GroundedOptions, SquadSources, build_grounded
 from appliance.train.lora import IGNORE, ChatEncoder
 from appliance.train.register import dump_manifest, register_model, remove_model
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_main
 
 
 def chat(user: str, reply: str, system: str | None = None) -> dict[str, Any]:
@@ -441,18 +441,6 @@ def _squad_file(path: Path, articles: list[Article]) -> Path:
     return path
 
 
-def _run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    from appliance.cli import main
-
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, " ".join((captured.out + captured.err).split())
-
-
 def _two_articles() -> list[Article]:
     rivers = _squad()[0]
     lakes = Article("Lakes", [Paragraph(
@@ -466,24 +454,24 @@ def test_grounded_cli_never_overwrites_inputs_or_existing_files(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     squad = _squad_file(tmp_path / "squad.json", _two_articles())
     before = squad.read_bytes()
-    code, text = _run_main(capsys, "train-data", "grounded", "--squad", str(squad), "-o",
+    code, text = run_main(capsys, "train-data", "grounded", "--squad", str(squad), "-o",
                            str(squad), "--force")
     assert code == 2 and "input of this command" in text and squad.read_bytes() == before
 
     existing = tmp_path / "out.jsonl"
     existing.write_text("keep\n", encoding="utf-8")
-    code, text = _run_main(capsys, "train-data", "grounded", "--squad", str(squad), "-o",
+    code, text = run_main(capsys, "train-data", "grounded", "--squad", str(squad), "-o",
                            str(existing))
     assert code == 2 and "--force" in text and existing.read_text(encoding="utf-8") == "keep\n"
 
     blocker = tmp_path / "afile"
     blocker.write_text("x", encoding="utf-8")
-    code, text = _run_main(capsys, "train-data", "grounded", "--squad", str(squad), "-o",
+    code, text = run_main(capsys, "train-data", "grounded", "--squad", str(squad), "-o",
                            str(blocker / "x.jsonl"))
     assert code == 2 and "not a folder" in text and "Traceback" not in text
 
     one = _squad_file(tmp_path / "one.json", [_squad()[0]])
-    code, text = _run_main(capsys, "train-data", "grounded", "--squad", str(one), "-o",
+    code, text = run_main(capsys, "train-data", "grounded", "--squad", str(one), "-o",
                            str(existing), "--force")
     assert code == 2 and "dev split" in text and existing.read_text(encoding="utf-8") == "keep\n"
 
@@ -494,11 +482,11 @@ def test_grounded_cli_refuses_zero_examples_then_writes_with_force(
     existing = tmp_path / "out.jsonl"
     existing.write_text("keep\n", encoding="utf-8")
     model = ("--model", "smollm2-135m-instruct-q4_1")
-    code, text = _run_main(capsys, "train-data", "grounded", "--squad", str(squad), "-o",
+    code, text = run_main(capsys, "train-data", "grounded", "--squad", str(squad), "-o",
                            str(existing), "--force", "--hold-out", "100000", *model)
     assert code == 2 and "No examples" in text and "--hold-out" in text
     assert existing.read_text(encoding="utf-8") == "keep\n"
-    code, text = _run_main(capsys, "train-data", "grounded", "--squad", str(squad), "-o",
+    code, text = run_main(capsys, "train-data", "grounded", "--squad", str(squad), "-o",
                            str(existing), "--force", *model)
     assert code == 0, text
     assert all(json.loads(line)["messages"] for line in existing.read_text().splitlines())

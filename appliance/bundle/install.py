@@ -117,22 +117,22 @@ class _Undo:
 
     def set_aside(self, path: Path) -> None:
         """Move ``path`` out of the way: back in place on rollback, removed on commit."""
-        if not os.path.lexists(path):
-            return
-        backup = path.with_name(f".{path.name}.{os.getpid()}.old")
-        os.replace(path, backup)
-        self._steps.append(lambda: os.replace(backup, path))
-        self._backups.append(backup)
+        if os.path.lexists(path):
+            os.replace(path, self._backup(path))
 
     def keep_copy(self, path: Path) -> None:
         """Copy ``path`` aside before it is overwritten (a small file); None when new."""
-        if not os.path.lexists(path):
+        if os.path.lexists(path):
+            shutil.copy2(path, self._backup(path))
+        else:
             self.created(path)
-            return
+
+    def _backup(self, path: Path) -> Path:
+        """Where ``path`` is kept until commit; rollback puts it back."""
         backup = path.with_name(f".{path.name}.{os.getpid()}.old")
-        shutil.copy2(path, backup)
         self._steps.append(lambda: os.replace(backup, path))
         self._backups.append(backup)
+        return backup
 
     def relink(self, link: Path) -> None:
         """``link`` (a symlink, or absent) is about to be switched: restore it on rollback."""
@@ -213,17 +213,9 @@ def _remove_kb_files(path: Path, undo: _Undo) -> None:
 
 
 def _place_kbs(bundle: Path, entries: list[Entry], data: Path, state: dict[str, Any],
-               replace: bool, undo: _Undo | None = None) -> dict[str, str]:
-    """Copy the bundle's knowledge bases into ``data/kb`` without losing the user's work."""
-    if undo is None:  # on its own: all or nothing here
-        undo = _Undo()
-        try:
-            result = _place_kbs(bundle, entries, data, state, replace, undo)
-        except BaseException:
-            undo.rollback()
-            raise
-        undo.commit()
-        return result
+               replace: bool, undo: _Undo) -> dict[str, str]:
+    """Copy the bundle's knowledge bases into ``data/kb`` without losing the user's work;
+    every change is recorded in ``undo``."""
     placed: dict[str, str] = dict(state.get("kbs", {}))
     kb_dir = data / "kb"
     for entry in entries:
@@ -283,6 +275,18 @@ def _place_kbs(bundle: Path, entries: list[Entry], data: Path, state: dict[str, 
     return placed
 
 
+def _recorded_releases(state: dict[str, Any]) -> set[str]:
+    """The releases ``state.json`` says the installer made (its list and its current one)."""
+    names = {n for n in state.get("releases", []) if isinstance(n, str)}
+    if isinstance(state.get("release"), str):
+        names.add(state["release"])
+    return names
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    _write_atomic(path, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode())
+
+
 def _prune(prefix: Path, keep: str, created: set[str]) -> list[str]:
     """Remove the earlier releases this installer created (never another folder); return
     the names still there."""
@@ -310,15 +314,7 @@ def install(bundle: Path, prefix: Path, release: Path, *, replace_kbs: bool = Fa
     if release.parent != prefix / "releases" or not RELEASE_NAME.match(release.name):
         raise VerifyError(f"{release} is not a release folder of {prefix}; run install.sh "
                           "rather than this module.")
-    # install.sh checked the prefix before it made the release; check again what is in the
-    # way (the new release aside, the prefix may be new).
-    if read_state(prefix) is not None:
-        check_prefix(prefix)
-    else:
-        others = sorted(set(os.listdir(prefix)) - {"releases"})
-        in_releases = sorted(set(os.listdir(prefix / "releases")) - {release.name})
-        if others or in_releases:
-            check_prefix(prefix)  # raises: not empty and not an installation
+    check_prefix(prefix, new_release=release.name)  # as install.sh did, before the release
     state: dict[str, Any] = dict(read_state(prefix) or {})
     undo = _Undo()
     try:
@@ -331,12 +327,10 @@ def install(bundle: Path, prefix: Path, release: Path, *, replace_kbs: bool = Fa
         _rollback(undo, prefix)
         raise
     undo.commit()
-    created = {str(n) for n in state.get("releases", []) if isinstance(n, str)}
-    created.add(str(state.get("release", "")))
-    left = _prune(prefix, release.name, created)
+    left = _prune(prefix, release.name, _recorded_releases(state))
     state.update(releases=[release.name, *left])
     with contextlib.suppress(OSError):
-        _write_atomic(state_path, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode())
+        _write_state(state_path, state)
 
     info: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
@@ -397,11 +391,9 @@ def _place(bundle: Path, prefix: Path, release: Path, entries: list[Entry], data
     state_path = prefix / STATE
     undo.keep_copy(state_path)
     manifest_sha = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()
-    releases = [str(n) for n in state.get("releases", []) if isinstance(n, str)]
-    state.update(release=release.name, manifest_sha256=manifest_sha, kbs=kbs,
-                 releases=sorted({*releases, str(state.get("release", release.name)),
-                                  release.name}))
-    _write_atomic(state_path, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode())
+    state.update(releases=sorted(_recorded_releases(state) | {release.name}),
+                 release=release.name, manifest_sha256=manifest_sha, kbs=kbs)
+    _write_state(state_path, state)
 
     link = prefix / f".current.{os.getpid()}"
     link.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import hashlib
 import importlib
 import io
@@ -477,13 +478,14 @@ def _is_wrapper(path: Path) -> bool:
     return any(line.startswith(WRAPPER_TAG.encode()) for line in head.split(b"\n")[:3])
 
 
-def check_prefix(prefix: Path) -> bool:
+def check_prefix(prefix: Path, new_release: str | None = None) -> bool:
     """Whether the installer may write at ``prefix``; VerifyError naming it when not.
 
     Returns False for a new or empty folder, True for an earlier installation (its
     ``state.json`` is one the installer wrote). Anything else is the user's folder and is
     refused, as is an installation where something of the user's stands where the installer
-    writes (``current`` not a link, ``bin/appliance`` not its wrapper, ...).
+    writes (``current`` not a link, ``bin/appliance`` not its wrapper, ...). A prefix that
+    holds only ``releases/NEW_RELEASE`` (made by install.sh for this install) counts as empty.
     """
     try:
         st = os.stat(prefix)
@@ -500,6 +502,10 @@ def check_prefix(prefix: Path) -> bool:
     except OSError as exc:
         raise VerifyError(f"Cannot list the prefix {prefix}: {exc.strerror or exc}; choose "
                           "another --prefix.") from exc
+    if new_release is not None and names == ["releases"]:
+        with contextlib.suppress(OSError):
+            if os.listdir(prefix / "releases") == [new_release]:
+                return False
     if not names:
         return False
     if read_state(prefix) is None:

@@ -21,12 +21,9 @@ and the field (``messages[2].role``); :class:`DataReport` counts them by kind.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import random
-import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import InputError
+from appliance.outputs import write_lines_atomic
 from appliance.train.errors import TrainingDataError
 
 __all__ = [
@@ -44,7 +42,6 @@ __all__ = [
     "Issue",
     "check_lengths",
     "check_messages",
-    "check_output_file",
     "read_chat_jsonl",
     "split_examples",
     "validate_chat_jsonl",
@@ -385,59 +382,14 @@ def read_chat_jsonl(path: Path | str) -> list[ChatExample]:
     return report.examples
 
 
-def check_output_file(path: Path | str, *, force: bool = False,
-                      inputs: Sequence[Path | str] = ()) -> None:
-    """Raise InputError unless ``path`` may be written as a new output file: not one of
-    ``inputs``, not a symlink, folder or device, below a folder (not a file), and, unless
-    ``force``, not an existing file."""
-    path = Path(path)
-    for given in inputs:
-        if os.path.abspath(path) == os.path.abspath(given) or (
-                os.path.exists(path) and os.path.exists(given)
-                and os.path.samefile(path, given)):
-            raise InputError(f"{path} is an input of this command; choose another output file.")
-    if not os.path.lexists(path):
-        for parent in path.absolute().parents:
-            if os.path.lexists(parent):
-                if not parent.is_dir():
-                    raise InputError(f"Cannot write {path}: {parent} is a file, not a folder; "
-                                     "choose another output file.")
-                return
-        return
-    if not stat.S_ISREG(os.lstat(path).st_mode):
-        raise InputError(f"{path} is a symlink, folder or device, not a regular file; choose "
-                         "another output file.")
-    if not force:
-        raise InputError(f"{path} already exists; choose another output file, or add --force "
-                         "to replace it.")
-
-
 def write_chat_jsonl(examples: Iterable[ChatExample | dict[str, Any]], path: Path | str) -> int:
     """Write examples as chat JSONL atomically (temp file + rename); returns the count.
 
-    An OSError (no room, no permission, a file where a folder should be) becomes an
-    InputError and leaves ``path`` as it was.
+    An OSError (no room, no permission) becomes an InputError and leaves ``path`` as it was.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    n = 0
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("w", encoding="utf-8", newline="\n") as fh:
-            for ex in examples:
-                obj = ex.to_json() if isinstance(ex, ChatExample) else ex
-                fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
-                n += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise InputError(f"Cannot write {path}: {exc.strerror or exc}; choose a writable "
-                         "file.") from exc
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-    return n
+    return write_lines_atomic(path, (
+        json.dumps(ex.to_json() if isinstance(ex, ChatExample) else ex, ensure_ascii=False)
+        for ex in examples))
 
 
 def split_examples(
