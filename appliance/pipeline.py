@@ -84,8 +84,7 @@ def _best(hits: Sequence[Hit], channel: str) -> float | None:
     return max(values) if values else None
 
 
-def retrieval_abstains(hits: Sequence[Hit], config: AnswerSettings,
-                       question: str | None = None) -> bool:
+def retrieval_abstains(hits: Sequence[Hit], config: AnswerSettings, question: str) -> bool:
     """Whether the retrieved hits carry too little evidence to be worth asking the model.
 
     Keyword matches on a ``question`` made only of common words ("the of and") are no
@@ -95,7 +94,7 @@ def retrieval_abstains(hits: Sequence[Hit], config: AnswerSettings,
         return True
     vector = _best(hits, "vector")
     keyword = _best(hits, "keyword")
-    if question is not None and keyword is not None and not has_content_words(question):
+    if keyword is not None and not has_content_words(question):
         keyword = 0.0
     if vector is not None and vector >= config.abstain_min_vector:
         return False

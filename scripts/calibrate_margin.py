@@ -77,7 +77,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     for q in answerable[: args.n] + unanswerable[: args.n]:
         hits = retriever.search(q.question, k=config.k).hits
         row: dict[str, Any] = {"question": q.question, "answerable": q.answerable}
-        if retrieval_abstains(hits, config):
+        if retrieval_abstains(hits, config, q.question):
             row["retrieval"] = True
         else:
             prompt = build_rag_prompt(q.question, hits, count_tokens=gen.count_tokens,

@@ -51,6 +51,11 @@ def demo_kb(shared_home: Path) -> Iterator[tuple[Appliance, Path]]:
     app.close()
 
 
+def unwrapped(text: str) -> str:
+    """``text`` with the console's line wrapping (and any run of whitespace) made one space."""
+    return " ".join(text.split())
+
+
 def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     """``appliance ARGS`` in this process: (exit code, stdout + stderr with the console's
     line wrapping undone). Faster than :func:`run_cli`; the data directory is the test's."""
@@ -62,7 +67,7 @@ def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     except SystemExit as exc:
         code = int(exc.code or 0)
     captured = capsys.readouterr()
-    return code, " ".join((captured.out + captured.err).split())
+    return code, unwrapped(captured.out + captured.err)
 
 
 def run_cli(*args: str, home: Path, check: bool = False, timeout: float = 600,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from appliance.cli import cli
-from tests.conftest import run_cli, run_main
+from tests.conftest import run_cli, run_main, unwrapped
 
 
 def test_missing_kb_is_one_sentence(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_markup_in_documents_queries_and_names_prints_literally(tmp_path: Path) 
 def test_small_input_mistakes_are_one_sentence(tmp_path: Path) -> None:
     def said(*args: str, home: Path) -> tuple[int, str]:
         proc = run_cli(*args, home=home)
-        return proc.returncode, " ".join(proc.stderr.split())  # unwrapped
+        return proc.returncode, unwrapped(proc.stderr)
 
     home_file = tmp_path / "home-file"
     home_file.write_text("not a folder")
@@ -111,7 +111,7 @@ def test_ctrl_c_says_what_is_kept(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_tui_without_a_terminal_says_so_instead_of_hanging(tmp_path: Path) -> None:
     proc = run_cli("tui", home=tmp_path, timeout=60)  # stdout is a pipe here
-    assert proc.returncode == 2 and "needs a terminal" in " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "needs a terminal" in unwrapped(proc.stderr)
 
 
 def test_search_shows_the_page_of_a_pdf_hit(tmp_path: Path) -> None:

@@ -180,7 +180,7 @@ def test_no_hits_abstains(settings: Settings) -> None:
 )
 def test_retrieval_thresholds(vector: float | None, keyword: float | None,
                               abstains: bool) -> None:
-    assert retrieval_abstains([hit(1, vector, keyword)], CONFIG) is abstains
+    assert retrieval_abstains([hit(1, vector, keyword)], CONFIG, "pump?") is abstains
 
 
 def test_keyword_matches_on_common_words_alone_are_no_evidence() -> None:
@@ -199,7 +199,7 @@ def test_control_characters_are_not_a_question(settings: Settings) -> None:
 def test_best_hit_of_each_channel_counts(settings: Settings) -> None:
     # the fused top hit is weak on both channels, but the third hit has strong keyword evidence
     hits = [hit(1, 0.1, 1.0), hit(2, 0.2, None), hit(3, None, 12.0)]
-    assert not retrieval_abstains(hits, CONFIG)
+    assert not retrieval_abstains(hits, CONFIG, "pump?")
 
 
 def test_model_verdict_abstains(settings: Settings) -> None:

@@ -5,7 +5,6 @@ tables) is left alone by every read and initialised only by ingest."""
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from pathlib import Path
 
 import apsw
@@ -17,7 +16,7 @@ from appliance.ingest.chunking import Chunker
 from appliance.ingest.runner import ingest
 from appliance.store import KnowledgeBase, open_kb
 from appliance.store.schema import SCHEMA_VERSION, migrate, schema_state
-from tests.conftest import run_cli
+from tests.conftest import run_cli, unwrapped
 from tests.fakes import HashEmbedder
 
 FOREIGN = "is not an appliance knowledge base (it holds other tables)"
@@ -43,11 +42,6 @@ def _foreign_db(path: Path, *, user_version: int = 0, meta: str | None = None) -
     conn.execute(f"PRAGMA user_version = {user_version}")
     conn.close()
     return path
-
-
-def _said(proc: subprocess.CompletedProcess[str]) -> str:
-    """What the command wrote to stderr, unwrapped (the console wraps long lines)."""
-    return " ".join(proc.stderr.split())
 
 
 def _kb_dir(home: Path) -> Path:
@@ -101,7 +95,7 @@ def test_cli_refuses_a_foreign_database(tmp_path: Path) -> None:
                  ("search", "anything", "--kb", "other")):
         proc = run_cli(*args, home=home)
         assert proc.returncode == 3, (args, proc.stdout, proc.stderr)
-        assert FOREIGN in _said(proc)
+        assert FOREIGN in unwrapped(proc.stderr)
         assert "Traceback" not in proc.stderr and "schema_version" not in proc.stdout
         assert _digest(path) == before, args
     conn = apsw.Connection(str(path))
@@ -136,7 +130,7 @@ def test_cli_reads_leave_a_zero_byte_file_empty(tmp_path: Path) -> None:
                  ("search", "anything", "--kb", "zero")):
         proc = run_cli(*args, home=home)
         assert proc.returncode == 3, (args, proc.stdout, proc.stderr)
-        assert "is empty" in _said(proc) and "Traceback" not in proc.stderr
+        assert "is empty" in unwrapped(proc.stderr) and "Traceback" not in proc.stderr
         assert path.stat().st_size == 0, args
     assert _side_files(path) == []
 

@@ -496,7 +496,8 @@ def test_grounded_refuses_a_users_knowledge_base(tmp_path: Path) -> None:
     from contextlib import nullcontext
     from types import SimpleNamespace
 
-    from appliance.train.grounded import check_squad_kb, squad_corpus_dir
+    from appliance.evaluate.squad import squad_corpus_dir
+    from appliance.train.grounded import check_squad_kb
 
     home = tmp_path / "home"
     corpus = squad_corpus_dir(home, "kb1")

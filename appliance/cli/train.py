@@ -217,7 +217,7 @@ def train_data_grounded(c: AppContext, output: Path, squad: Path, split: str, kb
     with --force. --kb must name a new knowledge base or one this command (or `appliance
     eval`) built from SQuAD: it is pruned to the chosen articles.
     """
-    from appliance.evaluate.squad import load_squad
+    from appliance.evaluate.squad import load_squad, squad_corpus_dir
     from appliance.outputs import check_output_file
     from appliance.train.data import write_chat_jsonl
     from appliance.train.grounded import (
@@ -226,7 +226,6 @@ def train_data_grounded(c: AppContext, output: Path, squad: Path, split: str, kb
         build_grounded,
         check_squad_kb,
         held_out_articles,
-        squad_corpus_dir,
     )
 
     check_output_file(output, force=force, inputs=[squad])

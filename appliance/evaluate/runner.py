@@ -43,6 +43,7 @@ from appliance.evaluate.squad import (
     corpus_file_name,
     load_squad,
     split_articles,
+    squad_corpus_dir,
     write_corpus,
 )
 from appliance.generate import FINE_TUNED_MODES, MODES, RETRIEVAL_MODES
@@ -236,7 +237,7 @@ def prepare_squad_kb(
     The corpus lives in ``DATA_DIR/eval/squad/<kb>``; files of articles no longer chosen
     are removed there and pruned from the knowledge base. Returns the ingest report.
     """
-    folder = app.settings.home / "eval" / "squad" / kb
+    folder = squad_corpus_dir(app.settings.home, kb)
     written = set(write_corpus(eval_set.articles, folder))
     for stale in folder.glob("*.txt"):
         if stale not in written:

@@ -45,6 +45,7 @@ __all__ = [
     "parse_corpus_name",
     "questions",
     "split_articles",
+    "squad_corpus_dir",
     "token_f1",
     "write_corpus",
 ]
@@ -195,6 +196,12 @@ def split_articles(
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _CORPUS_NAME = re.compile(r"^(?P<article>.+)_(?P<index>\d{3,})\.txt$")
+
+
+def squad_corpus_dir(home: Path, kb: str) -> Path:
+    """Where the paragraphs of the SQuAD knowledge base ``kb`` are written as corpus files
+    (under the data directory ``home``)."""
+    return home / "eval" / "squad" / kb
 
 
 def corpus_file_name(title: str, paragraph_index: int) -> str:

@@ -66,13 +66,17 @@ def query_words(text: str) -> list[str]:
 
     Common English words are dropped unless nothing else is left.
     """
-    words = [w for w in _WORD.findall(text.lower()) if w.strip("_")]
+    words = _words(text)
     return [w for w in words if w not in _STOPWORDS] or words
 
 
 def has_content_words(text: str) -> bool:
     """Whether ``text`` has a word that is not a common English word (a stopword)."""
-    return any(w.strip("_") and w not in _STOPWORDS for w in _WORD.findall(text.lower()))
+    return any(w not in _STOPWORDS for w in _words(text))
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in _WORD.findall(text.lower()) if w.strip("_")]
 
 
 def fts_query(text: str) -> str | None:

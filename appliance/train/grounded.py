@@ -48,6 +48,7 @@ from appliance.evaluate.squad import (
     corpus_file_name,
     parse_corpus_name,
     split_articles,
+    squad_corpus_dir,
 )
 from appliance.generate.prompt import ABSTAIN_SENTENCE, build_rag_prompt
 from appliance.types import Hit
@@ -64,7 +65,6 @@ __all__ = [
     "build_grounded",
     "check_squad_kb",
     "held_out_articles",
-    "squad_corpus_dir",
 ]
 
 SourceFinder = Callable[[Question, int], list[Hit]]
@@ -148,12 +148,6 @@ def held_out_articles(articles: Sequence[Article]) -> tuple[list[Article], list[
     """(train-data articles, held-out articles): SQuAD's dev split trains, test is held out."""
     dev, test = split_articles(articles)
     return dev, test
-
-
-def squad_corpus_dir(home: Path, kb: str) -> Path:
-    """Where the SQuAD paragraphs of knowledge base ``kb`` are written as corpus files (as
-    :func:`appliance.evaluate.runner.prepare_squad_kb` writes them)."""
-    return home / "eval" / "squad" / kb
 
 
 def check_squad_kb(app: Appliance, kb: str) -> None:
