@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from appliance.errors import ApplianceError, InputError
+from appliance.outputs import check_output_file
 from appliance.types import Answer, strip_controls
 
 __all__ = [
@@ -369,12 +370,9 @@ def _locked_append(path: Path) -> Iterator[IO[bytes]]:
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise InputError(f"Cannot create {path}: a part of its folder path is a file; "
-                         "choose another output.") from None
-    if path.exists() and not path.is_file():
-        raise InputError(f"{path} is not a regular file; batch writes and resumes from a "
-                         "file, so give a file path (and `cat` it to a pipe afterwards).")
+    except OSError as exc:
+        raise InputError(f"Cannot create the folder of {path}: {exc.strerror or exc}; choose "
+                         "another output.") from None
     with path.open("ab") as fh:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -470,17 +468,13 @@ def run_batch(
                          "give a path such as answers.jsonl (and `cat` it).")
     output = Path(output)
     fmt = output_format(output, fmt)
-    if output.exists() and output.resolve() == Path(questions_path).resolve():
-        raise InputError(f"{output} is the question file itself; write the answers to "
-                         "another file.")
-    if output.exists() and not output.is_file():
-        raise InputError(f"{output} is not a regular file; batch writes and resumes from a "
-                         "file, so give a file path (and `cat` it to a pipe afterwards).")
+    journal = journal_path(output, fmt)
+    for path in {output, journal}:  # an existing one is resumed: force
+        check_output_file(path, force=True, inputs=[questions_path])
     if output.exists() and _is_console(output):
         raise InputError(f"{output} is this process's own output, where the summary and "
                          "progress go too; give a separate file path.")
     questions, bad = read_questions(Path(questions_path))
-    journal = journal_path(output, fmt)
     if fmt != "jsonl" and output.exists() and not journal.exists():
         raise InputError(f"{output} already exists and no unfinished run of it is recorded "
                          "(it is complete, or another file); remove it or choose another output, "

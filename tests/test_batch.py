@@ -238,7 +238,7 @@ def test_a_file_that_is_not_a_batch_output_is_left_alone(tmp_path: Path) -> None
 
 def test_output_must_be_a_regular_file_other_than_the_input(tmp_path: Path) -> None:
     qs = write(tmp_path / "q.jsonl", '{"id": "a", "question": "What is A?"}\n')
-    with pytest.raises(InputError, match="question file itself"):
+    with pytest.raises(InputError, match="is an input of this command"):
         run_batch(qs, qs, fake_answer)
     with pytest.raises(InputError, match="not to standard output"):
         run_batch(qs, Path("-"), fake_answer, fmt="jsonl")
@@ -246,7 +246,7 @@ def test_output_must_be_a_regular_file_other_than_the_input(tmp_path: Path) -> N
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="not a regular file"):  # reading it back would hang
         run_batch(qs, fifo, fake_answer)
-    with pytest.raises(InputError, match="part of its folder path is a file"):
+    with pytest.raises(InputError, match="is a file, not a folder"):
         run_batch(qs, qs / "out.jsonl", fake_answer)
 
 
@@ -338,19 +338,20 @@ def test_kill_9_loses_at_most_the_question_in_flight(tmp_path: Path) -> None:
 
 def test_an_output_that_is_our_own_stdout_is_refused(tmp_path: Path) -> None:
     qs = write(tmp_path / "q.txt", "What is A?\n")
-    captured = tmp_path / "captured.txt"
+    captured = tmp_path / "captured.jsonl"
     code = textwrap.dedent("""
         import sys
         from pathlib import Path
         from appliance.batch import run_batch
         from appliance.errors import InputError
         try:
-            run_batch(Path(sys.argv[1]), Path("/dev/stdout"), None, fmt="jsonl")
+            run_batch(Path(sys.argv[1]), Path(sys.argv[2]), None, fmt="jsonl")
         except InputError as exc:
             sys.exit(f"refused: {exc}")
         """)
-    with captured.open("w") as fh:  # `appliance batch q.txt -o /dev/stdout > captured.txt`
-        proc = subprocess.run([sys.executable, "-c", code, str(qs)], stdout=fh, cwd=REPO,
-                              stderr=subprocess.PIPE, text=True)
-    assert proc.returncode == 1 and "own output" in proc.stderr
-    assert captured.read_text() == ""
+    for target, reason in ((captured, "own output"), (Path("/dev/stdout"), "symlink")):
+        with captured.open("w") as fh:  # `appliance batch q.txt -o TARGET > captured.jsonl`
+            proc = subprocess.run([sys.executable, "-c", code, str(qs), str(target)],
+                                  stdout=fh, cwd=REPO, stderr=subprocess.PIPE, text=True)
+        assert proc.returncode == 1 and reason in proc.stderr, proc.stderr
+        assert captured.read_text() == ""
