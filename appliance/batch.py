@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from appliance.errors import ApplianceError, InputError
-from appliance.outputs import check_output_file
+from appliance.files import check_output_file, read_text
 from appliance.types import Answer, strip_controls
 
 __all__ = [
@@ -151,20 +151,6 @@ def _percentile(values: Sequence[float], q: int) -> float:
 # -- reading -----------------------------------------------------------------------------------
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"{path} does not exist; give a question file.") from None
-    except IsADirectoryError:
-        raise InputError(f"{path} is a folder; give a question file.") from None
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise InputError(f"{path} is not UTF-8 text (line {line}); save it as UTF-8.") from None
-    except OSError as exc:
-        raise InputError(f"Cannot read {path}: {exc.strerror or exc}.") from None
-
-
 def _clean(question: Any) -> str | None:
     if not isinstance(question, str):
         return None
@@ -255,7 +241,7 @@ def read_questions(path: Path) -> tuple[list[BatchQuestion], list[BadRow]]:
             f"{path.name}: unknown question file type '{suffix or '(none)'}'; "
             "use .txt (one question a line), .jsonl or .csv."
         )
-    text = _read_text(path)
+    text = read_text(path, "a question file")
     if suffix == ".txt":
         rows = _read_txt(text)
     elif suffix == ".csv":

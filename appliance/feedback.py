@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from appliance.errors import InputError
+from appliance.files import check_output_file, fsync_dir, write_lines_atomic
 from appliance.generate import RETRIEVAL_MODES, build_base_prompt, build_rag_prompt
-from appliance.outputs import check_output_file, fsync_dir, write_lines_atomic
 from appliance.types import Answer, Hit
 
 __all__ = ["ExportReport", "FeedbackRecord", "FeedbackSource", "FeedbackStore", "feedback_path"]

@@ -218,7 +218,7 @@ def train_data_grounded(c: AppContext, output: Path, squad: Path, split: str, kb
     eval`) built from SQuAD: it is pruned to the chosen articles.
     """
     from appliance.evaluate.squad import load_squad, squad_corpus_dir
-    from appliance.outputs import check_output_file
+    from appliance.files import check_output_file
     from appliance.train.data import write_chat_jsonl
     from appliance.train.grounded import (
         GroundedOptions,

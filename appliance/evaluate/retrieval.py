@@ -25,6 +25,7 @@ from typing import Any
 from appliance.config import Settings
 from appliance.errors import InputError
 from appliance.evaluate.metrics import ndcg_at_k, recall_at_k, reciprocal_rank
+from appliance.files import read_text
 
 __all__ = ["SEARCH_MODES", "BeirSet", "evaluate_beir", "load_beir", "score_ranking"]
 
@@ -42,22 +43,12 @@ class BeirSet:
     qrels: dict[str, dict[str, int]]
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise InputError(f"{path} is not UTF-8 text (line {line}); save it as UTF-8.") from None
-    except OSError as exc:
-        raise InputError(f"Cannot read {path}: {exc.strerror or exc}.") from None
-
-
 def _jsonl(path: Path, what: str) -> list[dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"{path} is missing; a BEIR folder holds corpus.jsonl, queries.jsonl "
                          "and qrels/test.tsv.")
     rows: list[dict[str, Any]] = []
-    for n, line in enumerate(_read(path).splitlines(), start=1):
+    for n, line in enumerate(read_text(path, f"the BEIR {what} file").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -90,7 +81,7 @@ def load_beir(folder: Path) -> BeirSet:
     if not qrels_path.is_file():
         raise InputError(f"{qrels_path} is missing; a BEIR folder holds qrels/test.tsv.")
     qrels: dict[str, dict[str, int]] = {}
-    for n, line in enumerate(_read(qrels_path).splitlines(), start=1):
+    for n, line in enumerate(read_text(qrels_path, "the BEIR qrels file").splitlines(), start=1):
         parts = line.strip().split("\t")
         if not line.strip():
             continue

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import InputError
-from appliance.outputs import write_lines_atomic
+from appliance.files import write_lines_atomic
 from appliance.train.errors import TrainingDataError
 
 __all__ = [

@@ -1,8 +1,9 @@
-"""Files the commands write for the user: checked before any work, replaced atomically.
+"""The user's files that commands read and write.
 
-Used by ``feedback export`` and ``train-data grounded``: an output never replaces one of
-the command's inputs, a symlink, folder or device, or (without ``--force``) an existing
-file, and a failed write leaves the old file as it was.
+Inputs are read as UTF-8 text with one sentence naming the line of a bad byte. Outputs
+(``batch``, ``feedback export``, ``train-data grounded``) are checked before any work: never
+one of the command's inputs, a symlink, folder or device, or (without ``--force``) an
+existing file; they are replaced atomically, so a failed write leaves the old file as it was.
 """
 
 from __future__ import annotations
@@ -16,7 +17,24 @@ from pathlib import Path
 
 from appliance.errors import InputError
 
-__all__ = ["check_output_file", "fsync_dir", "write_lines_atomic"]
+__all__ = ["check_output_file", "fsync_dir", "read_text", "write_lines_atomic"]
+
+
+def read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path`` (a leading BOM dropped); InputError naming the problem
+    and, for a byte that is not UTF-8, its line. ``what`` completes "give ..." (e.g. "a
+    question file")."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist; give {what}.") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder; give {what}.") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise InputError(f"{path} is not UTF-8 text (line {line}); save it as UTF-8.") from None
+    except OSError as exc:
+        raise InputError(f"Cannot read {path}: {exc.strerror or exc}.") from None
 
 
 def check_output_file(path: Path | str, *, force: bool = False,
