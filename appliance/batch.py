@@ -34,7 +34,7 @@ from typing import IO, Any
 
 from appliance.errors import ApplianceError, InputError
 from appliance.files import check_output_file, read_text
-from appliance.types import Answer, strip_controls
+from appliance.types import Answer, page_suffix, strip_controls
 
 __all__ = [
     "FORMATS",
@@ -381,7 +381,7 @@ def _append(fh: IO[bytes], record: dict[str, Any]) -> None:
 def _sources(items: Any) -> str:
     parts = []
     for c in items or []:
-        where = c.get("path", "")
+        where = f"{c.get('path', '')}{page_suffix(c.get('page'))}"
         if c.get("heading"):
             where += f" > {c['heading']}"
         parts.append(f"[{c.get('n')}] {where}")
@@ -420,7 +420,8 @@ def render(records: Sequence[dict[str, Any]], output: Path, fmt: str) -> None:
                 buf.write(f"\n**{label}**\n\n")
                 for c in items:
                     heading = f" — {c['heading']}" if c.get("heading") else ""
-                    buf.write(f"- [{c.get('n')}] `{c.get('path')}`{heading}\n")
+                    buf.write(f"- [{c.get('n')}] `{c.get('path')}`{page_suffix(c.get('page'))}"
+                              f"{heading}\n")
             total = r.get("timings_ms", {}).get("total")
             buf.write(f"\n<sub>{r.get('mode')} · {r.get('model')} · {total} ms</sub>\n")
     else:

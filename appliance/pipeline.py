@@ -106,7 +106,7 @@ def retrieval_abstains(hits: Sequence[Hit], config: AnswerSettings, question: st
 
 def _hit_citation(n: int, hit: Hit) -> Citation:
     return Citation(n=n, path=hit.path, heading=hit.heading, chunk_id=hit.chunk_id,
-                    score=hit.score)
+                    score=hit.score, page=hit.page)
 
 
 def _ms(seconds: float) -> float:

@@ -21,6 +21,7 @@ __all__ = [
     "IngestReport",
     "LoadedDocument",
     "Section",
+    "page_suffix",
     "strip_controls",
 ]
 
@@ -144,6 +145,13 @@ class Citation:
     heading: str
     chunk_id: int
     score: float
+    page: int | None = None
+    """The PDF page the source's text starts on (None for formats without pages)."""
+
+
+def page_suffix(page: int | None) -> str:
+    """`` p. 12`` for a source on page 12, empty when it has no page."""
+    return f" p. {page}" if page else ""
 
 
 @dataclass

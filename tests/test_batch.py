@@ -294,6 +294,21 @@ def test_csv_and_markdown_outputs_use_a_journal(tmp_path: Path, fmt: str) -> Non
     assert out.read_text(encoding="utf-8") == text
 
 
+@pytest.mark.parametrize("fmt", ["csv", "md"])
+def test_outputs_name_the_page_of_a_pdf_source(tmp_path: Path, fmt: str) -> None:
+    def pdf_answer(q: BatchQuestion) -> Answer:
+        rec = fake_answer(q)
+        for c in [*rec.citations, *rec.closest]:
+            c.path, c.page = "/d/manual.pdf", 7
+        return rec
+
+    out = tmp_path / f"answers.{fmt}"
+    run_batch(_questions(tmp_path), out, pdf_answer)
+    text = out.read_text(encoding="utf-8")
+    expected = "[1] /d/manual.pdf p. 7 > A" if fmt == "csv" else "`/d/manual.pdf` p. 7 — A"
+    assert text.count(expected) == 6
+
+
 def test_a_second_writer_is_refused(tmp_path: Path) -> None:
     import fcntl
 

@@ -104,6 +104,21 @@ def test_prompt_variants_override_system_prompt_and_reminder(settings: Settings)
     assert variant[-1]["content"].endswith("Question: Why?\n\nOne word.")
 
 
+def test_citations_and_closest_sources_carry_the_pdf_page(settings: Settings) -> None:
+    from dataclasses import replace
+
+    hits = [replace(hit(1), path="/docs/manual.pdf", page=4), hit(2)]
+    rec = answer("q?", generator=FakeGenerator("It is so [1] and [2]."), settings=settings,
+                 retriever=FakeSearcher(hits), config=CONFIG)
+    assert [(c.path, c.page) for c in rec.citations] == [("/docs/manual.pdf", 4),
+                                                         ("/docs/2.md", None)]
+    assert rec.to_json()["citations"][0]["page"] == 4
+    low = [replace(h, scores={"vector": 0.1, "keyword": 1.0}) for h in hits]
+    rec = answer("q?", generator=FakeGenerator("x"), settings=settings,
+                 retriever=FakeSearcher(low), config=CONFIG)
+    assert rec.abstained and rec.closest[0].page == 4
+
+
 def test_unknown_citation_is_dropped_and_flagged(settings: Settings) -> None:
     rec = answer("q?", generator=FakeGenerator("It is so [1] [9]."), settings=settings,
                  retriever=FakeSearcher([hit(1)]), config=CONFIG)

@@ -12,7 +12,7 @@ import click
 from appliance.batch import run_batch
 from appliance.cli._base import AppContext, cli, err, lit, out, pass_ctx
 from appliance.pipeline import MODES, Pipeline
-from appliance.types import Answer
+from appliance.types import Answer, page_suffix
 
 __all__: list[str] = []
 
@@ -27,12 +27,14 @@ def _print_sources(answer: Answer) -> None:
         if answer.closest:
             out.print("[dim]Closest sources:[/]")
         for c in answer.closest:
-            out.print(f"  [dim]- {lit(os.path.basename(c.path))}  {lit(c.heading)}[/]")
+            out.print(f"  [dim]- {lit(os.path.basename(c.path))}{page_suffix(c.page)}  "
+                      f"{lit(c.heading)}[/]")
         return
     if not answer.citations:
         out.print("[yellow]No source cited.[/]")
     for c in answer.citations:
-        out.print(f"  [bold]\\[{c.n}][/] {lit(c.path)}  [green]{lit(c.heading)}[/]")
+        out.print(f"  [bold]\\[{c.n}][/] {lit(c.path)}{page_suffix(c.page)}  "
+                  f"[green]{lit(c.heading)}[/]")
 
 
 def _timing_line(answer: Answer) -> str:

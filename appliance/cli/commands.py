@@ -23,7 +23,7 @@ from appliance.cli._base import (
 )
 from appliance.config import RetrieveSettings
 from appliance.errors import ApplianceError, InputError, KnowledgeBaseNotFoundError
-from appliance.types import strip_controls
+from appliance.types import page_suffix, strip_controls
 
 # -- ingest ----------------------------------------------------------------------------------
 
@@ -131,7 +131,7 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
                     f"rerank {rr:.2f}" if rr is not None else "",
                 ) if part
             )
-            page = f" p. {hit.page}" if hit.page else ""
+            page = page_suffix(hit.page)
             out.print(f"  [bold]{rank}.[/] {lit(hit.path)}{page}  [green]{lit(hit.heading)}[/]  "
                       f"[dim]{hit.score:.4f} {channels}[/]")
             snippet = " ".join(hit.text.split())
@@ -174,7 +174,8 @@ def demo(c: AppContext, kb: str, corpus: Path | None, answers: int, model: str |
             answer = pipeline.ask(q, kb=kb, model=model)
             out.print(answer.answer, markup=False)
             for cite in answer.citations:
-                out.print(f"  [bold]\\[{cite.n}][/] {lit(os.path.basename(cite.path))}  "
+                out.print(f"  [bold]\\[{cite.n}][/] {lit(os.path.basename(cite.path))}"
+                          f"{page_suffix(cite.page)}  "
                           f"[green]{lit(cite.heading)}[/]")
             t = answer.timings_ms
             out.print(f"  [dim]{lit(answer.model)}: {t.get('total', 0) / 1000:.1f} s, "

@@ -55,7 +55,8 @@ def source_citation(source: PromptSource) -> Citation:
     """The citation record of a numbered source."""
     hit = source.hit
     return Citation(
-        n=source.n, path=hit.path, heading=hit.heading, chunk_id=hit.chunk_id, score=hit.score
+        n=source.n, path=hit.path, heading=hit.heading, chunk_id=hit.chunk_id, score=hit.score,
+        page=hit.page,
     )
 
 

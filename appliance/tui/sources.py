@@ -43,6 +43,7 @@ class SourceView:
     vector: float | None = None
     keyword: float | None = None
     cited: bool = False
+    page: int | None = None
 
     def scores_line(self) -> str:
         """``fused 0.0328 · cos 0.71 · bm25 12.3`` (a channel that did not find it: ``-``)."""
@@ -69,7 +70,7 @@ def sources_for(
             SourceView(
                 n=i, chunk_id=h.chunk_id, path=h.path, heading=h.heading, text=h.text,
                 score=h.score, vector=h.scores.get("vector"), keyword=h.scores.get("keyword"),
-                cited=i in cited,
+                cited=i in cited, page=h.page,
             )
             for i, h in enumerate(hits, start=1)
         ]
@@ -82,7 +83,7 @@ def sources_for(
         c = refs[n]
         path, heading, text = rows.get(c.chunk_id, (c.path, c.heading, ""))
         out.append(SourceView(n=n, chunk_id=c.chunk_id, path=path, heading=heading, text=text,
-                              score=c.score, cited=n in cited))
+                              score=c.score, cited=n in cited, page=c.page))
     return out
 
 

@@ -22,7 +22,7 @@ from textual.widgets.markdown import MarkdownStream
 from textual.widgets.option_list import Option
 
 from appliance.tui.sources import SourceView, display_path, linkify_citations
-from appliance.types import Answer, Hit
+from appliance.types import Answer, Hit, page_suffix
 
 __all__ = [
     "CitationLink",
@@ -137,7 +137,7 @@ class CitationLink(Static, can_focus=True):
     def __init__(self, exchange: ExchangeData, source: SourceView) -> None:
         label = Text.assemble(
             (f"[{source.n}] ", "bold"),
-            (os.path.basename(source.path), ""),
+            (os.path.basename(source.path) + page_suffix(source.page), ""),
             (f"  {source.heading}" if source.heading else "", "italic"),
         )
         label.truncate(200)
@@ -301,7 +301,7 @@ class SourcesPanel(Vertical):
             prompt = Text.assemble(
                 (f"{s.n:>2} ", "bold"),
                 ("● " if s.cited else "  ", "green"),
-                (os.path.basename(s.path), "bold"),
+                (os.path.basename(s.path) + page_suffix(s.page), "bold"),
                 "\n     ",
                 (s.heading or "(no heading)", "italic"),
                 "\n     ",
@@ -320,7 +320,7 @@ class SourcesPanel(Vertical):
         if source is None:
             text.update("No sources for this answer.")
             return
-        body = Text.assemble((display_path(source.path), "bold"), "\n")
+        body = Text.assemble((display_path(source.path) + page_suffix(source.page), "bold"), "\n")
         if source.heading:
             body.append(source.heading + "\n", style="italic")
         body.append("\n" + source.text.strip())
