@@ -125,15 +125,16 @@ def answer(
     config: AnswerSettings | None = None,
     system_prompt: str | None = None,
     reminder: str = ANSWER_REMINDER,
+    examples: Sequence[dict[str, str]] = (),
 ) -> Answer:
     """Answer ``question`` in ``mode`` and return the Answer record of DESIGN.md.
 
     ``retriever`` is required for ``rag`` and ``hybrid``. ``on_token`` receives each
     generated text piece as it streams (nothing is streamed when retrieval evidence makes
     the pipeline abstain before generating). ``system_prompt`` overrides the mode's
-    default and ``reminder`` the instruction after the question (evaluation of prompt
-    variants: ``scripts/tune_prompt.py``); keep them fixed across questions so llama.cpp
-    reuses its KV cache.
+    default, ``reminder`` the instruction after the question and ``examples`` worked turns
+    placed before it (evaluation of prompt variants: ``scripts/tune_prompt.py``); keep them
+    fixed across questions so llama.cpp reuses its KV cache.
     """
     t0 = time.perf_counter()
     text = strip_controls(question).strip()
@@ -177,7 +178,7 @@ def answer(
         prompt = build_rag_prompt(
             text, hits, count_tokens=generator.count_tokens, n_ctx=n_ctx,
             max_tokens=max_tokens, system_prompt=system_prompt or RAG_SYSTEM_PROMPT,
-            reminder=reminder,
+            reminder=reminder, examples=examples,
         )
         if prompt.dropped:
             record.flags.append(f"sources_dropped:{prompt.dropped}")

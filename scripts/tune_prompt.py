@@ -39,6 +39,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the best-ranked source last, next to the question (small readers weigh what they
     # read last; "lost in the middle", Liu et al. 2023)
     "reverse": {"reverse": True},
+    # worked turns before the question: "one" a single cited answer (no abstention
+    # example, which made the model abstain on half the answerable questions), "two" the
+    # product's FEW_SHOT pair (a cited answer and an abstention)
+    "one": {"examples": 1},
+    "two": {"examples": 2},
 }
 
 
@@ -77,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from appliance.evaluate.metrics import aggregate, score_answer
     from appliance.evaluate.runner import load_eval_set, prepare_squad_kb
     from appliance.generate import ANSWER_REMINDER, load_generator
+    from appliance.generate.prompt import FEW_SHOT
     from appliance.pipeline import answer
 
     app = Appliance()
@@ -114,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                 rec = answer(item.question, generator=gen, settings=app.settings,
                              retriever=_Reversed(retriever) if variant.get("reverse")
                              else retriever, mode="rag", id=item.id, config=cfg,
-                             reminder=reminder)
+                             reminder=reminder,
+                             examples=FEW_SHOT[: 2 * variant.get("examples", 0)])
                 values = {f.name: getattr(rec, f.name) for f in fields(rec)}
                 values["citations"] = [vars(c) for c in rec.citations]
                 values["closest"] = [vars(c) for c in rec.closest]
