@@ -191,6 +191,15 @@ def test_markdown_front_matter_inline_titles_and_preamble(tmp_path: Path) -> Non
     assert "tags" not in all_text(doc)
 
 
+def test_a_front_matter_title_heads_a_document_without_h1(tmp_path: Path) -> None:
+    doc = load(write(tmp_path, "proxy.md", "---\ntitle: Configuring the proxy\n---\n"
+                     "Intro.\n\n## Ports\n\nUse 8080.\n"))
+    assert [(s.heading_path, s.text) for s in doc.sections] == [
+        (("Configuring the proxy",), "Intro."),
+        (("Configuring the proxy", "Ports"), "Use 8080."),
+    ]
+
+
 def test_markdown_script_and_style_blocks_are_not_text(tmp_path: Path) -> None:
     doc = load(write(tmp_path, "x.md", "# Page\n\nBefore.\n\n<script>\nalert('scriptword')\n"
                      "</script>\n\n<STYLE>p { color: red }</STYLE>\n\n<div>kept html</div>\n\n"
@@ -303,6 +312,13 @@ def test_html_charset_pre_and_title_fallback(tmp_path: Path) -> None:
     assert doc.sections[1].heading_path == ("Café", "Sub")
     assert doc.sections[1].text == "t\nu"
     assert "secret" not in all_text(doc)
+
+
+def test_an_html_title_heads_a_page_without_h1(tmp_path: Path) -> None:
+    doc = load(write(tmp_path, "a.html", "<html><head><title>Release  notes</title></head>"
+                     "<body><p>Intro.</p><h2>Fixes</h2><p>Fixed it.</p></body></html>"))
+    assert [s.heading_path for s in doc.sections] == [
+        ("Release notes",), ("Release notes", "Fixes")]
 
 
 def test_html_without_charset_is_utf8_with_replacement(tmp_path: Path) -> None:

@@ -195,6 +195,16 @@ class _Sections:
             self.sections.append(Section(text, self.path if path is None else path, page))
 
 
+def _title_heads(title: str, sections: list[Section]) -> list[Section]:
+    """``sections`` under ``title``, for a title declared outside the text (YAML front
+    matter, ``<title>``) of a document without a level-1 heading: otherwise no chunk's
+    heading path, so neither search channel, would see it."""
+    title = _INLINE_WS.sub(" ", title).strip()[:300]
+    if not title:
+        return sections
+    return [Section(s.text, (title, *s.heading_path), s.page) for s in sections]
+
+
 def _document(title: str, kind: str, sections: list[Section], path: Path) -> LoadedDocument:
     if not sections:
         raise DocumentError("no text found")
@@ -304,7 +314,8 @@ def _load_markdown(path: Path, data: bytes, settings: IngestSettings) -> LoadedD
         out.heading(level, name)
         cursor = end
     out.add("\n".join(lines[cursor:]))
-    return _document(title or first_h1, "markdown", out.sections, path)
+    sections = out.sections if first_h1 else _title_heads(title, out.sections)
+    return _document(title or first_h1, "markdown", sections, path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -486,6 +497,8 @@ def _load_html(path: Path, data: bytes, settings: IngestSettings) -> LoadedDocum
             if el.tail:
                 text_out.text(el.tail)
     sections = text_out.finish()
+    if not text_out.first_h1:
+        sections = _title_heads(title, sections)
     return _document(title or text_out.first_h1, "html", sections, path)
 
 
