@@ -151,3 +151,25 @@ def test_a_folder_given_twice_through_a_symlink_is_ingested_once(tmp_path: Path)
     assert sorted(os.path.basename(c.path) for c in found) == ["a.md", "b.txt"]
     assert all(c.path.startswith(str(docs) + os.sep) for c in found)
     assert failed == [] and len(roots) == 2
+
+
+def test_chinese_and_japanese_words_are_keyword_searchable(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "australia.md").write_text(
+        "# 澳大利亚\n\n堪培拉是澳大利亚的首都，位于澳大利亚首都领地。悉尼是人口最多的城市。\n",
+        encoding="utf-8")
+    (docs / "japan.md").write_text(
+        "# 日本\n\n東京は日本の首都です。富士山は日本で一番高い山です。\n", encoding="utf-8")
+    (docs / "tea.md").write_text("# Tea\n\nGreen tea is steamed or pan-fired.\n",
+                                 encoding="utf-8")
+    app = Appliance(load_settings(home=tmp_path / "h"))
+    assert app.ingest([docs], kb="cjk").added == 3
+    for query, expected in (("澳大利亚的首都是哪里", "australia.md"), ("富士山", "japan.md")):
+        for mode in ("keyword", "hybrid"):
+            hits = app.search(query, kb="cjk", k=2, mode=mode).hits
+            assert os.path.basename(hits[0].path) == expected, (query, mode)
+            if mode == "keyword":
+                assert hits[0].scores["keyword"] is not None
+    with app.open_kb("cjk") as kb:
+        assert kb.count("chunks_cjk") == 2 and kb.check() == []

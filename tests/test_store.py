@@ -197,6 +197,8 @@ def test_migration_adds_binary_codes_to_a_version_1_file(tmp_path: Path) -> None
     kb.bind_embedder(emb)
     _add(kb, emb, "/a.txt", ["alpha beta", "gamma"])
     kb.conn.execute("DROP TABLE chunks_bin")  # what a schema-1 file looked like
+    kb.conn.execute("DROP TRIGGER chunks_cjk_delete")
+    kb.conn.execute("DROP TABLE chunks_cjk")
     kb.conn.execute("PRAGMA user_version = 1")
     kb.close()
     reopened = KnowledgeBase(path)
@@ -216,3 +218,59 @@ def test_fts_table_uses_the_tokenizer_that_terms_match_with(tmp_path: Path) -> N
         assert kb.terms("Running Cafés") == ["run", "cafe"]
     finally:
         kb.close()
+
+
+# -- Chinese, Japanese, Korean --------------------------------------------------------------
+
+
+def test_cjk_terms_are_characters_and_pairs() -> None:
+    from appliance.store.segment import has_cjk, index_text, query_terms
+
+    assert has_cjk("澳大利亚的首都") and has_cjk("カタカナ") and has_cjk("서울은")
+    assert not has_cjk("Café naïve — 123")
+    assert index_text("Capital: 首都。") == "Capital:  首 都 首都 。"
+    assert index_text("水") == " 水 "
+    assert query_terms("首都是哪里? 首都") == ["首都", "都是", "是哪", "哪里"]
+    assert query_terms("水 and 火") == ["水", "火"] and query_terms("English only") == []
+
+
+def test_keyword_search_finds_words_inside_cjk_text(kb: KnowledgeBase) -> None:
+    emb = HashEmbedder()
+    _add(kb, emb, "/zh.txt", ["堪培拉是澳大利亚的首都，位于首都领地。", "悉尼是最大的城市。"])
+    _add(kb, emb, "/ja.txt", ["東京は日本の首都です。"])
+    _add(kb, emb, "/en.txt", ["Canberra is the capital of Australia."])
+    hits = [cid for cid, _ in kb.keyword_search("澳大利亚的首都是哪里？", 5)]
+    assert hits[0] == 1 and 3 in hits and 2 not in hits  # 首都 is in both capitals
+    assert [cid for cid, _ in kb.keyword_search("東京", 5)] == [3]
+    assert [cid for cid, _ in kb.keyword_search("capital Australia", 5)] == [4]
+    assert {1, 3, 4} <= {cid for cid, _ in kb.keyword_search("首都 Canberra", 5)}
+    assert kb.keyword_search("首都", 5, collection="other") == []
+    assert kb.check() == []
+    kb.remove_document("/zh.txt")  # the delete trigger keeps the pairs index in step
+    assert kb.count("chunks_cjk") == 1 and kb.check() == []
+    assert [cid for cid, _ in kb.keyword_search("首都", 5)] == [3]
+
+
+def test_check_finds_stale_cjk_terms(kb: KnowledgeBase) -> None:
+    _add(kb, HashEmbedder(), "/zh.txt", ["北京是中国的首都。"])
+    kb.conn.execute("UPDATE chunks_cjk SET terms = 'x' WHERE rowid = 1")
+    assert kb.check() == ["1 chunks whose CJK keyword terms are missing or stale"]
+
+
+def test_migration_indexes_the_cjk_text_of_a_version_2_file(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    kb = KnowledgeBase(path, create=True)
+    emb = HashEmbedder()
+    kb.bind_embedder(emb)
+    _add(kb, emb, "/zh.txt", ["北京是中国的首都。", "plain English"])
+    kb.conn.execute("DROP TRIGGER chunks_cjk_delete")  # what a schema-2 file looked like
+    kb.conn.execute("DROP TABLE chunks_cjk")
+    kb.conn.execute("PRAGMA user_version = 2")
+    kb.close()
+    reopened = KnowledgeBase(path)
+    try:
+        assert reopened.meta()["schema_version"] == str(SCHEMA_VERSION)
+        assert reopened.count("chunks_cjk") == 1 and reopened.check() == []
+        assert [cid for cid, _ in reopened.keyword_search("首都", 5)] == [1]
+    finally:
+        reopened.close()

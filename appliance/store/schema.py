@@ -8,13 +8,16 @@ from typing import Literal
 import apsw
 
 from appliance.errors import KnowledgeBaseError
+from appliance.store.segment import has_cjk, index_text
 
 __all__ = [
+    "CJK_TOKENIZE",
     "FTS_TOKENIZE",
     "FTS_TOKENIZER",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "SchemaState",
+    "add_cjk_terms",
     "create_vector_table",
     "foreign_file_error",
     "migrate",
@@ -89,7 +92,38 @@ def _m2(conn: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_m1, _m2]
+CJK_TOKENIZE = "unicode61 remove_diacritics 2"
+"""The tokenizer of ``chunks_cjk``: no stemming, the pairs are whole terms."""
+
+
+def _m3(conn: apsw.Connection) -> None:
+    """``chunks_cjk``: the characters and character pairs (:mod:`appliance.store.segment`)
+    of the chunks that contain Chinese, Japanese or Korean, for keyword search inside text
+    written without spaces. Rows are written by the store with their chunks and deleted by
+    a trigger; the index keeps its own copy of the terms (chunks without such text have no
+    row), so it needs no SQLite newer than FTS5's contentless deletes."""
+    conn.execute(
+        f"""
+        CREATE VIRTUAL TABLE chunks_cjk USING fts5(terms, tokenize='{CJK_TOKENIZE}');
+        CREATE TRIGGER chunks_cjk_delete AFTER DELETE ON chunks BEGIN
+            DELETE FROM chunks_cjk WHERE rowid = old.id;
+        END;
+        """
+    )
+    for chunk_id, heading, text in conn.execute("SELECT id, heading, text FROM chunks").fetchall():
+        add_cjk_terms(conn, int(chunk_id), str(heading), str(text))  # type: ignore[arg-type]
+
+
+def add_cjk_terms(conn: apsw.Connection, chunk_id: int, heading: str, text: str) -> None:
+    """Index the chunk's CJK terms in ``chunks_cjk`` when it has such text."""
+    both = f"{heading}\n{text}"
+    if has_cjk(both):
+        conn.execute(
+            "INSERT INTO chunks_cjk(rowid, terms) VALUES (?, ?)", (chunk_id, index_text(both))
+        )
+
+
+MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_m1, _m2, _m3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

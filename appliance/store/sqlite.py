@@ -8,6 +8,7 @@ each file either fully indexed or absent.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,11 +30,13 @@ from appliance.errors import (
 from appliance.store.schema import (
     FTS_TOKENIZER,
     SCHEMA_VERSION,
+    add_cjk_terms,
     create_vector_table,
     foreign_file_error,
     migrate,
     schema_state,
 )
+from appliance.store.segment import has_cjk, index_text, query_terms
 from appliance.types import Chunk, Embedder
 
 __all__ = ["ChunkRow", "DocumentRow", "KnowledgeBase", "fts_query", "query_words"]
@@ -142,6 +145,7 @@ class KnowledgeBase:
     ) -> None:
         self.path = path
         self._tokenizer: Callable[..., Any] | None = None
+        self._tables: dict[str, bool] = {}
         if not path.exists() and not create:
             raise KnowledgeBaseNotFoundError(
                 f"Knowledge base '{path.stem}' does not exist at {path}; "
@@ -315,7 +319,9 @@ class KnowledgeBase:
                     (doc_id, chunk.order, chunk.text, chunk.heading, chunk.page, chunk.start,
                      chunk.end, chunk.token_count),
                 )
-                self._insert_vector(self.conn.last_insert_rowid(), vec.tobytes(), collection)
+                chunk_id = self.conn.last_insert_rowid()
+                add_cjk_terms(self.conn, chunk_id, chunk.heading, chunk.text)
+                self._insert_vector(chunk_id, vec.tobytes(), collection)
         return doc_id
 
     def _insert_vector(self, chunk_id: int, blob: bytes, collection: str) -> None:
@@ -398,10 +404,14 @@ class KnowledgeBase:
     # -- reading ---------------------------------------------------------------------------
 
     def count(self, table: str) -> int:
-        """Rows in ``documents``, ``chunks``, ``chunks_fts`` or ``chunks_vec``."""
-        if table not in {"documents", "chunks", "chunks_fts", "chunks_vec", "chunks_bin"}:
+        """Rows in ``documents``, ``chunks``, ``chunks_fts``, ``chunks_vec``, ``chunks_bin``
+        or ``chunks_cjk``."""
+        if table not in {"documents", "chunks", "chunks_fts", "chunks_vec", "chunks_bin",
+                         "chunks_cjk"}:
             raise ValueError(table)
         if table in ("chunks_vec", "chunks_bin") and not self._has_vec():
+            return 0
+        if table == "chunks_cjk" and not self._has_table(table):
             return 0
         return int(_one(self.conn, f"SELECT count(*) FROM {table}"))
 
@@ -525,19 +535,37 @@ class KnowledgeBase:
         Relevance is FTS5's bm25 rank negated (higher is better). The query is free text,
         escaped by :func:`fts_query`.
         """
-        query = fts_query(text)
+        found = self._match("chunks_fts", fts_query(text), k, collection)
+        pairs = query_terms(text)
+        if pairs and self._has_table("chunks_cjk"):
+            query = " OR ".join('"' + t.replace('"', '""') + '"' for t in pairs)
+            best = dict(found)
+            for chunk_id, score in self._match("chunks_cjk", query, k, collection):
+                best[chunk_id] = max(score, best.get(chunk_id, score))
+            found = sorted(best.items(), key=lambda item: -item[1])[:k]
+        return found
+
+    def _match(
+        self, table: str, query: str | None, k: int, collection: str | None
+    ) -> list[tuple[int, float]]:
         if query is None:
             return []
         if collection is None:
-            sql = ("SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ? "
-                   "ORDER BY rank LIMIT ?")
+            sql = f"SELECT rowid, rank FROM {table} WHERE {table} MATCH ? ORDER BY rank LIMIT ?"
             args: tuple[Any, ...] = (query, int(k))
         else:
-            sql = ("SELECT f.rowid, f.rank FROM chunks_fts f JOIN chunks c ON c.id = f.rowid "
-                   "JOIN documents d ON d.id = c.document_id WHERE chunks_fts MATCH ? "
+            sql = (f"SELECT f.rowid, f.rank FROM {table} f JOIN chunks c ON c.id = f.rowid "
+                   f"JOIN documents d ON d.id = c.document_id WHERE {table} MATCH ? "
                    "AND d.collection = ? ORDER BY f.rank LIMIT ?")
             args = (query, collection, int(k))
         return [(int(r), -float(s)) for r, s in _rows(self.conn, sql, args)]
+
+    def _has_table(self, name: str) -> bool:
+        """Whether the file has table ``name`` (a read-only file may predate a migration)."""
+        if name not in self._tables:
+            self._tables[name] = bool(self.conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchall())
+        return self._tables[name]
 
     # -- health ----------------------------------------------------------------------------
 
@@ -583,6 +611,7 @@ class KnowledgeBase:
         fts = int(_one(self.conn, "SELECT count(*) FROM chunks_fts_docsize"))
         if fts != chunks:
             problems.append(f"{chunks} chunks but {fts} rows in the keyword index")
+        problems += self._check_cjk()
         if self._has_vec():
             vec = self.count("chunks_vec")
             if vec != chunks:
@@ -610,6 +639,33 @@ class KnowledgeBase:
         ).fetchall()[0][0]
         if dupes:
             problems.append(f"{dupes} duplicated chunks")
+        return problems
+
+    def _check_cjk(self) -> list[str]:
+        """``chunks_cjk`` holds exactly the terms of the chunks with CJK text."""
+        if not self._has_table("chunks_cjk"):
+            return []
+        try:
+            self.conn.execute(
+                "INSERT INTO chunks_cjk(chunks_cjk, rank) VALUES ('integrity-check', 1)")
+        except apsw.Error as exc:
+            return [f"CJK keyword index is damaged: {exc}"]
+        def digest(terms: object) -> bytes:
+            return hashlib.blake2b(str(terms).encode("utf-8"), digest_size=16).digest()
+
+        stored = {int(r): digest(t) for r, t in self.conn.execute(
+            "SELECT rowid, terms FROM chunks_cjk")}
+        wrong = 0
+        for chunk_id, heading, text in self.conn.execute("SELECT id, heading, text FROM chunks"):
+            both = f"{heading}\n{text}"
+            want = digest(index_text(both)) if has_cjk(both) else None
+            if stored.pop(int(chunk_id), None) != want:
+                wrong += 1
+        problems = []
+        if wrong:
+            problems.append(f"{wrong} chunks whose CJK keyword terms are missing or stale")
+        if stored:
+            problems.append(f"{len(stored)} CJK keyword rows without a chunk")
         return problems
 
     def checkpoint(self) -> None:
