@@ -202,6 +202,8 @@ class GenerateSettings(_Section):
     n_batch: int = Field(512, ge=64, description="Prompt evaluation batch size.")
     max_tokens: int = Field(256, ge=1, description="Most tokens generated per answer.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature (0: greedy).")
+    loop_chars: int = Field(100, ge=0, description="Stop an answer once its last N characters "
+                            "repeat earlier text of it (a loop), and cut the repeat; 0: never.")
     seed: int = Field(0, description="Sampling seed.")
     threads: int = Field(0, ge=0, le=256, description="Generation threads (0: physical cores; "
                          "at most 256: thousands of threads never finish).")

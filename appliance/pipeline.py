@@ -44,6 +44,7 @@ from appliance.generate import (
 )
 from appliance.generate.citations import source_citation
 from appliance.generate.prompt import PromptSource
+from appliance.generate.repetition import RepetitionGuard
 from appliance.retrieve import SearchResult
 from appliance.store import has_content_words
 from appliance.types import Answer, Citation, Generator, Hit, strip_controls
@@ -190,14 +191,22 @@ def answer(
     timings["prompt"] = _ms(t2 - t1)
 
     pieces: list[str] = []
+    guard = RepetitionGuard(settings.generate.loop_chars)
     bias = {ABSTAIN_SENTENCE: -config.abstain_margin} if config.abstain_margin else None
-    for piece in generator.stream(prompt.messages, max_tokens, first_token_bias=bias):
+    stream = generator.stream(prompt.messages, max_tokens, first_token_bias=bias)
+    for piece in stream:
         pieces.append(piece)
         if on_token is not None:
             on_token(piece)
+        if guard.feed(piece):
+            close = getattr(stream, "close", None)
+            if callable(close):
+                close()
+            record.flags.append("stopped:loop")
+            break
     t3 = time.perf_counter()
     timings["generate"] = _ms(t3 - t2)
-    generated = "".join(pieces).strip()
+    generated = guard.text().strip()
 
     stats: Any = getattr(generator, "last_stats", None)
     if stats is not None and hasattr(stats, "completion_tokens"):

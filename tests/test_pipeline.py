@@ -119,6 +119,48 @@ def test_citations_and_closest_sources_carry_the_pdf_page(settings: Settings) ->
     assert rec.abstained and rec.closest[0].page == 4
 
 
+def _repeats(text: str, window: int = 100) -> bool:
+    return any(text.find(text[i:i + window], 0, i + window - 1) != -1
+               for i in range(1, len(text) - window + 1))
+
+
+def test_repetition_guard_cuts_a_loop_and_leaves_other_text_alone() -> None:
+    from appliance.generate.repetition import RepetitionGuard
+
+    sentence = "The operators in the box are not defined by the operators themselves, but " \
+               "rather by the syntax of the operators. "
+    looping = "Precedence is syntax. " + sentence * 5
+    guard = RepetitionGuard(100)
+    stopped_at = next(i for i in range(0, len(looping), 3) if guard.feed(looping[i:i + 3]))
+    assert stopped_at < len("Precedence is syntax. ") + 2 * len(sentence)
+    assert guard.text().startswith("Precedence is syntax. " + sentence.strip(" ."))
+    assert not _repeats(guard.text()) and guard.text().count("not defined") == 1
+    guard = RepetitionGuard(10)
+    assert not any(guard.feed(c) for c in "abcdefghij") and guard.feed("abcdefghijk")
+    assert guard.text() == "abcdefghij"
+    prose = ("Ferries leave every forty minutes from pier 7 [1]; tickets cost 4 euros [2]. "
+             "A return ticket costs 7 euros and a bicycle travels free [2].")
+    guard = RepetitionGuard(100)
+    assert not any(guard.feed(w + " ") for w in prose.split(" ")) and guard.cut is None
+    off = RepetitionGuard(0)
+    assert not any(off.feed("loop ") for _ in range(500))
+
+
+def test_a_looping_answer_is_cut_and_flagged(settings: Settings) -> None:
+    loop = "Fact number 1 is that the fact is a fact of the facts, as the facts state. " * 8
+    gen = FakeGenerator(loop + "[1]")
+    tokens: list[str] = []
+    rec = answer("What is fact 1?", generator=gen, settings=settings,
+                 retriever=FakeSearcher([hit(1)]), config=CONFIG, on_token=tokens.append)
+    assert "stopped:loop" in rec.flags and not rec.abstained
+    assert rec.answer.count("as the facts state") == 1 and not _repeats(rec.answer)
+    assert len(tokens) < len(loop.split())  # generation stopped, not run to the end
+    plain = load_settings(home=settings.home, generate={"loop_chars": 0})
+    rec = answer("What is fact 1?", generator=FakeGenerator(loop), settings=plain,
+                 retriever=FakeSearcher([hit(1)]), config=CONFIG)
+    assert "stopped:loop" not in rec.flags and rec.answer.count("as the facts state") == 8
+
+
 def test_unknown_citation_is_dropped_and_flagged(settings: Settings) -> None:
     rec = answer("q?", generator=FakeGenerator("It is so [1] [9]."), settings=settings,
                  retriever=FakeSearcher([hit(1)]), config=CONFIG)
@@ -468,3 +510,19 @@ def test_next_token_logits_agree_with_greedy_generation(tmp_path: Path) -> None:
     finally:
         gen.close()
         app.close()
+
+
+@pytest.mark.integration
+def test_a_small_model_caught_in_a_loop_is_stopped(demo_kb: tuple[Any, Path]) -> None:
+    """SmolLM2-135M repeats one sentence over and over on this question (greedy); the
+    answer keeps one copy and generation stops before max_tokens."""
+    app, _ = demo_kb
+    pipe = Pipeline(app)
+    try:
+        rec = pipe.ask("Explain operator precedence in Python", kb="demo", mode="rag",
+                       model=SMOL)
+        assert not _repeats(rec.answer), rec.answer
+        if "stopped:loop" in rec.flags:
+            assert rec.tokens["completion"] < app.settings.generate.max_tokens
+    finally:
+        pipe.close()

@@ -82,6 +82,9 @@ def ask(c: AppContext, question: str, kb: str, mode: str | None, model: str | No
         if answer.abstained and "".join(shown).strip() != answer.answer:
             # what streamed was set aside (empty once the [n] are removed, or cut off)
             out.print(answer.answer, markup=False)
+        elif "stopped:loop" in answer.flags:
+            out.print("[dim](stopped: the model began repeating itself; the answer record "
+                      "keeps the text before the repeat)[/]")
     else:
         out.print(answer.answer, markup=False)
     _print_sources(answer)
