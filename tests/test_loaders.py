@@ -209,6 +209,21 @@ def test_markdown_script_and_style_blocks_are_not_text(tmp_path: Path) -> None:
     assert "scriptword" not in text and "color" not in text
 
 
+def test_markdown_html_markup_and_comments_are_not_text(tmp_path: Path) -> None:
+    doc = load(write(tmp_path, "README.md",
+                     '<p align="center">\n  <img src="https://x.example/logo.png" width="200">'
+                     "\n  <br>A fast <b>tool</b>\n</p>\n\n<!-- internal:\nnot for readers -->\n\n"
+                     "# Tool\n\nPress <kbd>Ctrl</kbd>+<kbd>C</kbd>.<br/> Keep `<div>` and "
+                     "<https://x.example/docs>; x < y and y > z.\n\n"
+                     "```html\n<b>in code</b>\n```\n"))
+    text = all_text(doc)
+    assert "A fast tool" in text and "Press Ctrl+C." in text
+    for markup in ("align", "img", "logo.png", "<br", "kbd", "internal", "not for readers"):
+        assert markup not in text, markup
+    for kept in ("`<div>`", "<https://x.example/docs>", "x < y and y > z", "<b>in code</b>"):
+        assert kept in text, kept
+
+
 def test_markdown_title_falls_back_to_stem(tmp_path: Path) -> None:
     doc = load(write(tmp_path, "my-notes.markdown", "## Only h2\n\ntext\n"))
     assert doc.title == "my-notes"

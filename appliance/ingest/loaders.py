@@ -286,6 +286,19 @@ def _markdown_inline_text(md: Any, source: str) -> str:
     return _INLINE_WS.sub(" ", "".join(parts)).strip()
 
 
+_TAG = re.compile(r"</?[A-Za-z][\w:-]*(?:\s[^<>]*)?/?>|<!--.*?-->")
+
+
+_CODE_SPAN = re.compile(r"(`+[^`]*`+)")
+
+
+def _drop_inline_tags(line: str) -> str:
+    """``line`` without inline HTML tags (``<kbd>``, ``<br/>``, ``</span>``), code spans
+    left as written; autolinks such as ``<https://...>`` are not tags and stay."""
+    parts = _CODE_SPAN.split(line)
+    return "".join(part if i % 2 else _TAG.sub("", part) for i, part in enumerate(parts))
+
+
 def _load_markdown(path: Path, data: bytes, settings: IngestSettings) -> LoadedDocument:
     text = _NEWLINES.sub("\n", _decode_utf8(data))
     lines = text.split("\n")
@@ -294,9 +307,17 @@ def _load_markdown(path: Path, data: bytes, settings: IngestSettings) -> LoadedD
 
     headings: list[tuple[int, int, int, str]] = []  # (start line, end line, level, raw title)
     tokens = _markdown(inline=False).parse(body)
-    for tok in tokens:  # a <script> or <style> block is code for a browser, not text
-        if tok.type == "html_block" and tok.map and _HIDDEN_HTML.match(tok.content):
-            lines[tok.map[0]:tok.map[1]] = [""] * (tok.map[1] - tok.map[0])
+    for tok in tokens:
+        if tok.type == "html_block" and tok.map:
+            start, end = tok.map
+            if _HIDDEN_HTML.match(tok.content) or tok.content.lstrip().startswith("<!--"):
+                # a <script> or <style> block is code for a browser, a comment is for authors
+                lines[start:end] = [""] * (end - start)
+            else:  # a README's <p align="center"><img src=...>: its text, not its markup
+                lines[start:end] = [_TAG.sub("", line) for line in lines[start:end]]
+        elif tok.type == "inline" and tok.map and "<" in tok.content:
+            start, end = tok.map
+            lines[start:end] = [_drop_inline_tags(line) for line in lines[start:end]]
     for i, tok in enumerate(tokens):
         if tok.type == "heading_open" and tok.map and i + 1 < len(tokens):
             level = int(tok.tag[1:])
