@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""How well do cheap signals tell SQuAD's unanswerable questions from answerable ones?
+
+For answerable and unanswerable development-split questions left out of the grounded
+adapter's training data, the answer pipeline's retrieval runs (k sources) and each signal is
+read: the grounded model's first-token abstention margin (as ``calibrate_margin.py``), the
+best cosine, bm25 and fused scores, and lexical coverage, the share of the question's content
+words (stemmed like the keyword index) that the top source, or the top k together, contain,
+and how many are missing from all of them. The table gives each signal's AUC as a detector of
+unanswerable questions and, for coverage, the rates at a few thresholds. Rows are journalled
+in ``--out``, so a rerun resumes.
+
+    APPLIANCE_HOME=DIR .venv/bin/python scripts/abstention_signals.py \\
+        --model qwen2.5-coder-0.5b-grounded-q8_0 --exclude grounded-h80.jsonl --n 100 \\
+        --out signals.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from calibrate_margin import DEFAULT_SQUAD, _excluded  # noqa: E402
+
+Row = dict[str, Any]
+
+
+def measure(args: argparse.Namespace) -> list[Row]:
+    """Journal one row of signals per question in ``args.out``; return all rows."""
+    import numpy as np
+
+    from appliance.api import Appliance
+    from appliance.evaluate.runner import EvalSet, prepare_squad_kb
+    from appliance.evaluate.squad import load_squad, split_articles
+    from appliance.generate import load_generator
+    from appliance.generate.prompt import ABSTAIN_SENTENCE, build_rag_prompt
+    from appliance.pipeline import retrieval_abstains
+    from appliance.store import query_words
+
+    app = Appliance()
+    dev, _ = split_articles(load_squad(args.squad))
+    if args.kb not in app.list_kbs():
+        prepare_squad_kb(app, EvalSet(items=[], source=str(args.squad), kind="squad",
+                                      articles=dev), args.kb)
+    seen = _excluded(args.exclude)
+    questions = [q for a in dev for p in a.paragraphs for q in p.questions
+                 if q.question.strip() not in seen]
+    rng = random.Random(args.seed)
+    answerable = [q for q in questions if q.answerable]
+    unanswerable = [q for q in questions if not q.answerable]
+    rng.shuffle(answerable)
+    rng.shuffle(unanswerable)
+    rows: dict[str, Row] = {}
+    if args.out.exists():
+        for line in args.out.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            rows[row["question"]] = row
+    config = app.settings.answer
+    gen: Any = load_generator(app.settings, app.registry, args.model)
+    retriever = app.retriever(args.kb)
+    first = gen.llm.tokenize(ABSTAIN_SENTENCE.encode(), add_bos=False, special=False)[0]
+    with app.open_kb(args.kb) as kb, args.out.open("a", encoding="utf-8") as fh:
+        for q in answerable[: args.n] + unanswerable[: args.n]:
+            if q.question in rows:
+                continue
+            hits = retriever.search(q.question, k=config.k).hits
+            words = {t for w in query_words(q.question) for t in kb.terms(w)}
+            tops = [set(kb.terms(f"{h.heading} {h.text}")) for h in hits]
+            union = set().union(*tops)
+            prompt = build_rag_prompt(q.question, hits, count_tokens=gen.count_tokens,
+                                      n_ctx=gen.n_ctx,
+                                      max_tokens=app.settings.generate.max_tokens)
+            logits = gen.next_token_logits(prompt.messages).astype(np.float64)
+            row = {
+                "question": q.question, "answerable": q.answerable,
+                "retrieval": retrieval_abstains(hits, config, q.question),
+                "cos": [h.scores.get("vector") for h in hits],
+                "bm25": [h.scores.get("keyword") for h in hits],
+                "fused": [h.score for h in hits],
+                "cover1": len(words & tops[0]) / max(len(words), 1) if tops else 0.0,
+                "cover_k": len(words & union) / max(len(words), 1),
+                "missing_k": len(words - union),
+                "margin": float(logits[first] - np.max(np.delete(logits, first))),
+            }
+            rows[q.question] = row
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+    gen.close()
+    app.close()
+    return list(rows.values())
+
+
+def auc(rows: list[Row], signal: Callable[[Row], float]) -> float:
+    """P(signal of an unanswerable question > signal of an answerable one), ties half."""
+    ans = [signal(r) for r in rows if r["answerable"]]
+    una = [signal(r) for r in rows if not r["answerable"]]
+    pairs = len(ans) * len(una)
+    return sum((u > a) + 0.5 * (u == a) for u in una for a in ans) / pairs if pairs else 0.5
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure (or resume), then print the AUC table and the coverage thresholds."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="registry id of the grounded model")
+    p.add_argument("--squad", type=Path, default=DEFAULT_SQUAD)
+    p.add_argument("--kb", default="squad-dev", help="knowledge base of the dev articles")
+    p.add_argument("--exclude", type=Path, help="the adapter's training data (chat JSONL)")
+    p.add_argument("--n", type=int, default=100, help="questions of each kind, at most")
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--out", type=Path, required=True, help="journal of per-question rows")
+    args = p.parse_args(argv)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = measure(args)
+    margins = [r["margin"] for r in rows]
+    missing = [r["missing_k"] for r in rows]
+
+    def z(value: float, values: list[float]) -> float:
+        return (value - statistics.mean(values)) / (statistics.pstdev(values) or 1.0)
+
+    signals: dict[str, Callable[[Row], float]] = {
+        "model margin (abstention logit)": lambda r: r["margin"],
+        "words missing from the top k": lambda r: r["missing_k"],
+        "1 - coverage of the top k": lambda r: 1 - r["cover_k"],
+        "1 - coverage of the top source": lambda r: 1 - r["cover1"],
+        "- best fused score": lambda r: -r["fused"][0] if r["fused"] else 0.0,
+        "- best cosine": lambda r: -(r["cos"][0] or 0.0) if r["cos"] else 0.0,
+        "- best bm25": lambda r: -max([b or 0.0 for b in r["bm25"]] or [0.0]),
+        "margin + 2 x missing (z-scores)":
+            lambda r: z(r["margin"], margins) + 2 * z(r["missing_k"], missing),
+    }
+    n_ans = sum(r["answerable"] for r in rows)
+    table = Table(title=f"Unanswerable-question signals, {n_ans} answerable + "
+                        f"{len(rows) - n_ans} unanswerable dev questions")
+    table.add_column("signal")
+    table.add_column("AUC", justify="right")
+    for name, signal in signals.items():
+        table.add_row(name, f"{auc(rows, signal):.2f}")
+    console = Console()
+    console.print(table)
+    ans = [r for r in rows if r["answerable"]]
+    una = [r for r in rows if not r["answerable"]]
+    for t in (1, 2, 3):
+        console.print(
+            f"abstain when >= {t} question words are missing from the top k: false abstention "
+            f"{sum(r['missing_k'] >= t for r in ans) / max(len(ans), 1):.0%}, unanswerable "
+            f"abstained {sum(r['missing_k'] >= t for r in una) / max(len(una), 1):.0%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
