@@ -52,15 +52,33 @@ def eval_command(c: AppContext, eval_set: Path, kb: str, modes: str | None, mode
     for RAG, behaviour failures for fine-tuning, both for the hybrid.
     """
     from appliance.evaluate.report import mode_table, write_reports
-    from appliance.evaluate.runner import load_eval_set, parse_modes, prepare_squad_kb, run_eval
+    from appliance.evaluate.runner import (
+        check_report_dir,
+        load_eval_set,
+        parse_modes,
+        prepare_squad_kb,
+        run_eval,
+    )
     from appliance.pipeline import Pipeline
 
     mode_list = parse_modes(DEFAULT_MODES if modes is None else modes)
-    data = load_eval_set(eval_set, articles=articles, limit=limit)
+    check_report_dir(out_dir, inputs=[eval_set])
+    app = c.app
+    data = load_eval_set(eval_set, articles=articles, limit=limit,
+                         max_question_chars=app.settings.answer.max_question_chars)
     for bad in data.bad_rows:
         err.print(f"[yellow]skipped[/] {lit(eval_set.name)} {lit(bad)}")
+    if not data.items:
+        if data.bad_rows:
+            raise InputError(f"{eval_set} has no usable question: none of its "
+                             f"{len(data.bad_rows)} rows can be used (reasons listed above); "
+                             "fix them and rerun.")
+        what = (f"the chosen articles ({', '.join(a.title for a in data.articles) or 'none'}) "
+                "hold" if data.kind == "squad" else "it holds")
+        raise InputError(f"{eval_set} has no question to evaluate: {what} none; give an eval "
+                         "set with questions" + (" or other --articles." if data.kind == "squad"
+                                                 else "."))
     err.print(f"[bold]Eval set[/] {lit(data.describe())}")
-    app = c.app
     if data.kind == "squad" and (force_ingest or kb not in app.list_kbs()):
         with progress_bar(f"Ingesting into '{kb}'", not as_json) as update:
             folder_report = prepare_squad_kb(app, data, kb, progress=update)

@@ -105,7 +105,8 @@ def train(c: AppContext, data: Path, base: str, out_id: str | None, epochs: int,
     """
     from appliance.train import fine_tune
 
-    report = validate_chat_jsonl(data)
+    # examples far over --max-len are refused here, before the base model loads
+    report = validate_chat_jsonl(data, max_len=max_len)
     if not report.ok:
         _print_report(report)
     report.raise_if_invalid()
@@ -166,14 +167,19 @@ def train_data() -> None:
 
 @train_data.command("check")
 @click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--max-len", type=click.IntRange(min=1), default=None,
+              help="Also flag examples with far more characters than this many tokens hold "
+                   "(as `train --max-len` would, before loading a model).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def train_data_check(data: Path, as_json: bool) -> None:
+def train_data_check(data: Path, max_len: int | None, as_json: bool) -> None:
     """Validate chat JSONL: every problem with its line number, and counts of each kind."""
-    report = validate_chat_jsonl(data)
+    report = validate_chat_jsonl(data, max_len=max_len)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
         _print_report(report, limit=1000)
+    if not report.ok and not report.invalid_lines:
+        report.raise_if_invalid()  # no examples at all: say what the file should hold
     if not report.ok:
         sys.exit(2)
 

@@ -37,6 +37,8 @@ import json
 import math
 import random
 import re
+import signal
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,7 +64,9 @@ __all__ = [
     "recall_at_k",
     "reciprocal_rank",
     "schema_errors",
+    "schema_problem",
     "score_answer",
+    "search_within",
     "wilson_interval",
 ]
 
@@ -200,7 +204,7 @@ def schema_errors(value: Any, schema: Mapping[str, Any], where: str = "$") -> li
             errors.append(f"{where}: shorter than {schema['minLength']}")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             errors.append(f"{where}: longer than {schema['maxLength']}")
-        if "pattern" in schema and re.search(schema["pattern"], value) is None:
+        if "pattern" in schema and not search_within(schema["pattern"], value):
             errors.append(f"{where}: does not match {schema['pattern']!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
@@ -220,19 +224,101 @@ def schema_errors(value: Any, schema: Mapping[str, Any], where: str = "$") -> li
     return errors
 
 
+_SCHEMA_KEYS: dict[str, tuple[type, ...]] = {
+    "type": (str, list), "enum": (list,), "properties": (dict,), "required": (list,),
+    "additionalProperties": (bool, dict), "items": (dict,), "minItems": (int,),
+    "maxItems": (int,), "minLength": (int,), "maxLength": (int,), "pattern": (str,),
+    "minimum": (int, float), "maximum": (int, float), "anyOf": (list,), "allOf": (list,),
+    "oneOf": (list,), "not": (dict,),
+}
+"""The keywords :func:`schema_errors` reads, and the JSON types their values must have."""
+
+
+def schema_problem(schema: Any, where: str = "$") -> str | None:
+    """Why ``schema`` cannot serve as an answer format for :func:`schema_errors` (None when
+    it can): a keyword it reads has a value of the wrong type, a ``type`` names no JSON
+    type, a ``pattern`` is not a regular expression, or a subschema is not an object."""
+    if not isinstance(schema, dict):
+        return f"{where} must be a JSON schema object"
+    for key, kinds in _SCHEMA_KEYS.items():
+        if key not in schema:
+            continue
+        value = schema[key]
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            return f"{where}.{key} has the wrong type ({type(value).__name__})"
+    kind = schema.get("type")
+    names = [kind] if isinstance(kind, str) else list(kind or [])
+    if any(not isinstance(n, str) or n not in _JSON_TYPES for n in names):
+        return f"{where}.type names no JSON type ({kind!r})"
+    if any(not isinstance(n, str) for n in schema.get("required", [])):
+        return f"{where}.required must list property names"
+    if "pattern" in schema:
+        try:
+            re.compile(schema["pattern"])
+        except re.error as exc:
+            return f"{where}.pattern is not a valid regular expression ({exc})"
+    subs: list[tuple[str, Any]] = [(f"{where}.properties.{k}", v)
+                                   for k, v in schema.get("properties", {}).items()]
+    subs += [(f"{where}.{key}", schema[key]) for key in ("items", "not")
+             if key in schema]
+    if isinstance(schema.get("additionalProperties"), dict):
+        subs.append((f"{where}.additionalProperties", schema["additionalProperties"]))
+    for key in ("anyOf", "allOf", "oneOf"):
+        subs += [(f"{where}.{key}[{i}]", v) for i, v in enumerate(schema.get(key, []))]
+    for sub_where, sub in subs:
+        problem = schema_problem(sub, sub_where)
+        if problem is not None:
+            return problem
+    return None
+
+
+REGEX_SECONDS = 2.0
+"""How long one format regular expression may search an answer (see :func:`search_within`)."""
+
+
+class _RegexTimeout(Exception):
+    pass
+
+
+def search_within(pattern: str, text: str, seconds: float = REGEX_SECONDS) -> bool | None:
+    """``re.search(pattern, text)`` found something; None when it ran longer than
+    ``seconds`` (a pattern such as ``^(\\w+\\s?)*$`` backtracks for ages on an ordinary
+    sentence). The time limit is a SIGALRM timer, so it applies on the main thread of a
+    POSIX process only; elsewhere the search runs unbounded."""
+    if threading.current_thread() is not threading.main_thread() \
+            or not hasattr(signal, "setitimer"):
+        return re.search(pattern, text) is not None
+
+    def expire(signum: int, frame: Any) -> None:
+        raise _RegexTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return re.search(pattern, text) is not None
+    except _RegexTimeout:
+        return None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def format_ok(answer: str, fmt: Format) -> bool:
     """Whether ``answer`` (``[n]`` markers stripped) complies with ``fmt``.
 
     A string is a regular expression the answer must match (``re.search``, so anchor it
     with ``^...$`` to constrain the whole answer); a dict is a JSON schema the answer,
-    parsed as JSON (a surrounding code fence is allowed), must satisfy.
+    parsed as JSON (a surrounding code fence is allowed), must satisfy. An answer that
+    cannot be checked (a pattern that does not compile or runs past
+    :data:`REGEX_SECONDS`, JSON nested too deeply to parse, a schema that is not one)
+    does not comply.
     """
     if fmt is None:
         return True
     text = strip_citations(answer).strip()
     if isinstance(fmt, str):
         try:
-            return re.search(fmt, text) is not None
+            return bool(search_within(fmt, text))
         except re.error:
             return False
     fenced = _FENCE.match(text)
@@ -240,9 +326,14 @@ def format_ok(answer: str, fmt: Format) -> bool:
         text = fenced.group(1).strip()
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
-    return not schema_errors(value, fmt)
+    if schema_problem(fmt) is not None:
+        return False
+    try:
+        return not schema_errors(value, fmt)
+    except RecursionError:
+        return False
 
 
 # -- rankings --------------------------------------------------------------------------------

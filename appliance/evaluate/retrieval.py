@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,9 +26,14 @@ from typing import Any
 from appliance.config import Settings
 from appliance.errors import InputError
 from appliance.evaluate.metrics import ndcg_at_k, recall_at_k, reciprocal_rank
+from appliance.evaluate.squad import unpaired_surrogate
 from appliance.files import read_text
 
-__all__ = ["SEARCH_MODES", "BeirSet", "evaluate_beir", "load_beir", "score_ranking"]
+__all__ = ["MAX_FILE_BYTES", "SEARCH_MODES", "BeirSet", "evaluate_beir", "load_beir",
+           "score_ranking"]
+
+MAX_FILE_BYTES = 256 * 1024 * 1024
+"""Largest BEIR file read (each file is read whole); a larger one is refused unread."""
 
 SEARCH_MODES = ("keyword", "vector", "hybrid")
 ProgressFn = Callable[[str, int, int], None]
@@ -43,23 +49,70 @@ class BeirSet:
     qrels: dict[str, dict[str, int]]
 
 
-def _jsonl(path: Path, what: str) -> list[dict[str, Any]]:
-    if not path.is_file():
+def _readable(path: Path, what: str) -> str:
+    """The text of a BEIR file: InputError, before opening it, when it is missing, not a
+    regular file (a pipe or a device would block or never end) or over the size limit."""
+    try:
+        info = path.stat()
+    except OSError:
+        info = None
+    if info is None or stat.S_ISDIR(info.st_mode):
         raise InputError(f"{path} is missing; a BEIR folder holds corpus.jsonl, queries.jsonl "
                          "and qrels/test.tsv.")
-    rows: list[dict[str, Any]] = []
-    for n, line in enumerate(read_text(path, f"the BEIR {what} file").splitlines(), start=1):
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path} is not a regular file (a pipe or a device?); give the BEIR "
+                         f"{what} file itself.")
+    if info.st_size > MAX_FILE_BYTES:
+        raise InputError(f"{path} is {info.st_size:,} bytes, over the limit of "
+                         f"{MAX_FILE_BYTES:,} for a BEIR {what} file; take a sample of it.")
+    return read_text(path, f"the BEIR {what} file")
+
+
+def _text_field(row: dict[str, Any], key: str, where: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InputError(f"{where}: '{key}' must be a string, not {type(value).__name__}; fix "
+                         "that line.")
+    return value
+
+
+def _jsonl(path: Path, what: str) -> list[tuple[int, str, dict[str, Any]]]:
+    """(line, id, row) of every object of a BEIR JSONL file; InputError names the line of
+    a broken or nested-too-deep line, a row without a usable ``_id``, text that is not a
+    string or holds an unpaired surrogate, and an ``_id`` that repeats."""
+    rows: list[tuple[int, str, dict[str, Any]]] = []
+    seen: dict[str, int] = {}
+    for n, line in enumerate(_readable(path, what).splitlines(), start=1):
         if not line.strip():
             continue
+        where = f"{path.name} line {n}"
         try:
             row = json.loads(line)
         except ValueError as exc:
-            raise InputError(f"{path.name} line {n}: broken JSON ({exc}); fix the "
-                             f"{what} file.") from None
+            raise InputError(f"{where}: broken JSON ({exc}); fix the {what} file.") from None
+        except RecursionError:
+            raise InputError(f"{where}: the JSON nests too deeply to read; fix the {what} "
+                             "file.") from None
         if not isinstance(row, dict) or "_id" not in row:
-            raise InputError(f"{path.name} line {n}: expected an object with '_id'; fix "
-                             f"the {what} file.")
-        rows.append(row)
+            raise InputError(f"{where}: expected an object with '_id'; fix the {what} file.")
+        raw_id = row["_id"]
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or raw_id == "":
+            raise InputError(f"{where}: '_id' must be a non-empty string or a whole number; "
+                             f"fix the {what} file.")
+        row_id = str(raw_id)
+        for key, value in (("_id", row_id), ("title", _text_field(row, "title", where)),
+                           ("text", _text_field(row, "text", where))):
+            bad = unpaired_surrogate(value)
+            if bad is not None:
+                raise InputError(f"{where}: '{key}' holds an unpaired surrogate ({bad}), which "
+                                 "is not text; fix the escape.")
+        if row_id in seen:
+            raise InputError(f"{where}: repeats _id '{row_id}' (first on line {seen[row_id]}); "
+                             "give every row its own id.")
+        seen[row_id] = n
+        rows.append((n, row_id, row))
     return rows
 
 
@@ -68,20 +121,15 @@ def load_beir(folder: Path) -> BeirSet:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; give a BEIR data set folder.")
-    corpus: dict[str, tuple[str, str]] = {}
-    for r in _jsonl(folder / "corpus.jsonl", "corpus"):
-        doc_id = str(r["_id"])
-        if doc_id in corpus:
-            raise InputError(f"corpus.jsonl repeats _id '{doc_id}'; give every document its "
-                             "own id.")
-        corpus[doc_id] = (str(r.get("title") or ""), str(r.get("text") or ""))
-    queries = {str(r["_id"]): str(r.get("text") or "")
-               for r in _jsonl(folder / "queries.jsonl", "queries")}
+    corpus: dict[str, tuple[str, str]] = {
+        doc_id: (str(r.get("title") or ""), str(r.get("text") or ""))
+        for _, doc_id, r in _jsonl(folder / "corpus.jsonl", "corpus")}
+    queries = {qid: str(r.get("text") or "")
+               for _, qid, r in _jsonl(folder / "queries.jsonl", "queries")}
     qrels_path = folder / "qrels" / "test.tsv"
-    if not qrels_path.is_file():
-        raise InputError(f"{qrels_path} is missing; a BEIR folder holds qrels/test.tsv.")
     qrels: dict[str, dict[str, int]] = {}
-    for n, line in enumerate(read_text(qrels_path, "the BEIR qrels file").splitlines(), start=1):
+    judged_on: dict[tuple[str, str], tuple[int, int]] = {}
+    for n, line in enumerate(_readable(qrels_path, "qrels").splitlines(), start=1):
         parts = line.strip().split("\t")
         if not line.strip():
             continue
@@ -96,6 +144,12 @@ def load_beir(folder: Path) -> BeirSet:
                 continue  # the header
             raise InputError(f"{qrels_path.name} line {n}: score '{raw}' is not a number."
                              ) from None
+        earlier = judged_on.get((qid, did))
+        if earlier is not None and earlier[1] != score:
+            raise InputError(f"{qrels_path.name} line {n}: judges query '{qid}' and document "
+                             f"'{did}' {score}, but line {earlier[0]} judged them {earlier[1]}; "
+                             "keep one judgement.")
+        judged_on.setdefault((qid, did), (n, score))
         if score > 0:
             qrels.setdefault(qid, {})[did] = score
     qrels = {q: docs for q, docs in qrels.items() if q in queries and queries[q].strip()}

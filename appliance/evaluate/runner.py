@@ -16,10 +16,12 @@ from which ``articles`` picks ``dev``, ``test`` (the split of
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -34,6 +36,7 @@ from appliance.evaluate.metrics import (
     QuestionScore,
     aggregate,
     rank_metrics,
+    schema_problem,
     score_answer,
 )
 from appliance.evaluate.report import compare_modes, decide
@@ -44,6 +47,7 @@ from appliance.evaluate.squad import (
     load_squad,
     split_articles,
     squad_corpus_dir,
+    unpaired_surrogate,
     write_corpus,
 )
 from appliance.generate import FINE_TUNED_MODES, MODES, RETRIEVAL_MODES
@@ -54,8 +58,11 @@ if TYPE_CHECKING:
     from appliance.pipeline import Pipeline
 
 __all__ = [
+    "MAX_SET_BYTES",
+    "REPORT_FILES",
     "EvalAnswer",
     "EvalSet",
+    "check_report_dir",
     "load_eval_set",
     "parse_modes",
     "prepare_squad_kb",
@@ -69,6 +76,13 @@ ProgressFn = Callable[[str, int, int], None]
 
 RETRIEVAL_K = 10
 MAX_STORED_ANSWER = 400
+MAX_SET_BYTES = 256 * 1024 * 1024
+"""Largest eval set read (SQuAD 2.0's training file is 40 MB); a larger file is refused
+before it is read, so a huge or sparse file cannot fill the memory."""
+REPORT_FILES = ("questions.jsonl", "retrieval.jsonl", "report.json", "report.md",
+                "report.html", *(f"answers-{m}.jsonl" for m in MODES))
+"""The files ``eval`` writes in its report folder (journals first resumed, then replaced)."""
+_JOURNALS = ("retrieval.jsonl", *(f"answers-{m}.jsonl" for m in MODES))
 
 
 @dataclass
@@ -121,9 +135,34 @@ def parse_modes(text: str) -> list[str]:
     return modes
 
 
-def _item_from_row(q: BatchQuestion) -> EvalItem | str:
+def _surrogate_in(value: Any) -> str | None:
+    """The first unpaired surrogate escape in any string of ``value`` (JSON data)."""
+    if isinstance(value, str):
+        return unpaired_surrogate(value)
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list):
+        for item in value:
+            found = _surrogate_in(item)
+            if found is not None:
+                return found
+    return None
+
+
+def _item_from_row(q: BatchQuestion, max_question_chars: int | None = None) -> EvalItem | str:
     """The eval item of one JSONL row, or why the row cannot be used."""
     extra = q.extra
+    for name, value in (("id", q.id), ("question", q.question), *extra.items()):
+        try:
+            bad = _surrogate_in(value)
+        except RecursionError:
+            return f"field '{name}' nests too deeply"
+        if bad is not None:
+            return (f"field '{name}' holds an unpaired surrogate ({bad}), which is not text; "
+                    "fix the escape")
+    if max_question_chars is not None and len(q.question) > max_question_chars:
+        return (f"the question is {len(q.question):,} characters long, over the limit of "
+                f"{max_question_chars:,} (answer.max_question_chars)")
     answers = extra.get("answers", [])
     if isinstance(answers, str):
         answers = [answers]
@@ -151,6 +190,13 @@ def _item_from_row(q: BatchQuestion) -> EvalItem | str:
                 return f"field 'format' is not a valid regular expression ({exc})"
         elif not isinstance(fmt, dict):
             return "field 'format' must be a regular expression or a JSON schema object"
+        else:
+            try:
+                problem = schema_problem(fmt)
+            except RecursionError:
+                problem = "$ nests too deeply"
+            if problem is not None:
+                return f"field 'format' is not a usable JSON schema: {problem}"
     return EvalItem(id=q.id, question=q.question, answers=answers, answerable=answerable,
                     gold_sources=gold, format=fmt)
 
@@ -178,22 +224,57 @@ def _sample_key(qid: str) -> str:
     return hashlib.sha256(qid.encode("utf-8")).hexdigest()
 
 
-def load_eval_set(path: Path, *, articles: str | None = None,
-                  limit: int | None = None) -> EvalSet:
+def _check_set_file(path: Path) -> None:
+    """InputError unless ``path`` is a regular file of at most :data:`MAX_SET_BYTES`
+    (checked before opening it: a pipe or a device would block or never end)."""
+    try:
+        info = path.stat()
+    except OSError:
+        raise InputError(f"{path} does not exist or is not a file; give an eval set.") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path} does not exist or is not a file; give an eval set.")
+    if info.st_size > MAX_SET_BYTES:
+        raise InputError(
+            f"{path} is {info.st_size:,} bytes, over the limit of {MAX_SET_BYTES:,} for an "
+            "eval set; split it or take a sample of its questions."
+        )
+
+
+def _deep_line(path: Path) -> int:
+    """The first line of ``path`` that json cannot parse for nesting too deeply (0: none)."""
+    text = path.read_text(encoding="utf-8-sig")
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            json.loads(line)
+        except RecursionError:
+            return number
+        except ValueError:
+            continue
+    return 0
+
+
+def load_eval_set(path: Path, *, articles: str | None = None, limit: int | None = None,
+                  max_question_chars: int | None = None) -> EvalSet:
     """Read an eval-set JSONL, or a SQuAD JSON file (``articles`` picks the split).
 
     ``limit`` keeps the first N questions of a JSONL set; of a SQuAD set, N questions
     chosen deterministically across the chosen articles (ordered by the sha256 of their
     ids, then kept in file order), so a small sample mixes articles and answerability.
+    JSONL rows that cannot be used (see :func:`appliance.batch.read_questions`; also bad
+    gold fields, text with an unpaired surrogate, a question longer than
+    ``max_question_chars``) are reported in ``bad_rows`` with their line numbers. Raises
+    InputError for a file that is not a regular file, is over :data:`MAX_SET_BYTES`, or
+    is not an eval set.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist or is not a file; give an eval set.")
+    _check_set_file(path)
     if path.suffix.lower() == ".json":  # the SQuAD layout
         try:
             all_articles = load_squad(path)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except ValueError as exc:  # UnicodeDecodeError included
             raise InputError(f"{path} is not a SQuAD JSON file: {exc}.") from None
+        except OSError as exc:
+            raise InputError(f"Cannot read {path}: {exc.strerror or exc}.") from None
         chosen = select_articles(all_articles, articles or "test")
         items: list[EvalItem] = [
             EvalItem(id=q.id, question=" ".join(q.question.split()), answers=list(q.answers),
@@ -201,6 +282,14 @@ def load_eval_set(path: Path, *, articles: str | None = None,
                      gold_sources=[corpus_file_name(a.title, q.paragraph_index)])
             for a in chosen for q in a.questions if q.question.strip()
         ]
+        first_of: dict[str, str] = {}
+        for a in chosen:
+            for qid in (sq.id for sq in a.questions):
+                if qid in first_of:
+                    raise InputError(
+                        f"{path}: question id '{qid}' repeats (article {first_of[qid]}, then "
+                        f"{a.title}); answers are kept by id, so give every question its own.")
+                first_of[qid] = a.title
         total = len(items)
         if limit is not None and limit < len(items):
             keep = {i.id for i in sorted(items, key=lambda i: _sample_key(i.id))[:limit]}
@@ -213,10 +302,15 @@ def load_eval_set(path: Path, *, articles: str | None = None,
         raise InputError(
             f"{path.name}: an eval set is a .jsonl file (or SQuAD .json); rename or convert it."
         )
-    questions, bad = read_questions(path)
+    try:
+        questions, bad = read_questions(path)
+    except RecursionError:
+        line = _deep_line(path)
+        raise InputError(f"{path} line {line}: the JSON nests too deeply to read; fix that "
+                         "line.") from None
     items = []
     for q in questions:
-        parsed = _item_from_row(q)
+        parsed = _item_from_row(q, max_question_chars)
         if isinstance(parsed, str):
             bad.append(BadRow(q.line, parsed))
         else:
@@ -226,6 +320,75 @@ def load_eval_set(path: Path, *, articles: str | None = None,
     if limit is not None:
         items = items[:limit]
     return EvalSet(items=items, source=str(path), kind="jsonl", bad_rows=bad, total=total)
+
+
+def _is_own_file(path: Path) -> bool:
+    """Whether the existing regular file ``path`` (one of :data:`REPORT_FILES`) looks
+    written by ``eval``: empty, a journal of answer records, or a report it renders."""
+    if path.stat().st_size == 0:
+        return True
+    if path.name in _JOURNALS:
+        try:
+            read_done(path)  # InputError, changing nothing, when not a journal
+        except InputError:
+            return False
+        return True
+    with path.open("rb") as fh:
+        head = fh.read(4096)
+    if path.name == "report.md":
+        return head.startswith(b"# Evaluation report\n")
+    if path.name == "report.html":
+        return head.startswith(b"<!DOCTYPE html>") and b"<title>Evaluation report</title>" in head
+    if path.name == "report.json":
+        return head.startswith(b'{\n  "created": ')
+    first = head.split(b"\n", 1)[0]
+    try:
+        row = json.loads(first)
+    except ValueError:  # a longer first line (a large format schema): read the line
+        with path.open("rb") as fh:
+            try:
+                row = json.loads(fh.readline(MAX_SET_BYTES))
+            except (ValueError, RecursionError):
+                return False
+    return isinstance(row, dict) and {"id", "question", "answers", "answerable"} <= set(row)
+
+
+def check_report_dir(out_dir: Path, inputs: Sequence[Path | str] = ()) -> None:
+    """InputError unless ``eval`` may write its report into ``out_dir``, changing nothing.
+
+    ``out_dir`` must be a folder (or not exist yet, below a folder); each of
+    :data:`REPORT_FILES` in it must be absent or a regular file that ``eval`` wrote (a
+    rerun resumes the journals and replaces the rest), and none of them one of ``inputs``.
+    Other files in the folder are left alone.
+    """
+    out_dir = Path(out_dir)
+    if not os.path.lexists(out_dir):
+        for parent in out_dir.absolute().parents:
+            if os.path.lexists(parent):
+                if not parent.is_dir():
+                    raise InputError(f"Cannot create {out_dir}: {parent} is a file, not a "
+                                     "folder; choose another -o REPORT_DIR.")
+                return
+        return
+    if not out_dir.is_dir():
+        raise InputError(f"{out_dir} is a file; give a folder for the report.")
+    for name in REPORT_FILES:
+        path = out_dir / name
+        if not os.path.lexists(path):
+            continue
+        for given in inputs:
+            same = os.path.abspath(path) == os.path.abspath(given)
+            with contextlib.suppress(OSError):
+                same = same or os.path.samefile(path, given)
+            if same:
+                raise InputError(f"{path} is an input of this command (the eval set); move it "
+                                 "out of the report folder or choose another -o REPORT_DIR.")
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise InputError(f"{path} is a symlink, folder or device, not a file eval wrote; "
+                             "choose another -o REPORT_DIR or remove it.")
+        if not _is_own_file(path):
+            raise InputError(f"{path} is not a file of an eval report (another program's?); "
+                             "choose another -o REPORT_DIR or remove it.")
 
 
 def prepare_squad_kb(
@@ -382,9 +545,12 @@ def run_eval(
     if not items:
         raise InputError(f"{eval_set.source} has no usable question; check the file.")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir} is a file; give a folder for the report.")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_report_dir(out_dir, inputs=[eval_set.source])
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"Cannot create {out_dir}: {exc.strerror or exc}; choose another "
+                         "-o REPORT_DIR.") from None
     by_id = {i.id: i for i in items}
     ids, skipped = resolve_models(pipeline, modes, model=model, ft_model=ft_model,
                                   skip_unavailable=skip_unavailable)
@@ -455,6 +621,14 @@ def run_eval(
         if summary.failed:
             notes.append(f"{mode}: {len(summary.failed)} question(s) failed and are left out "
                          "of the metrics; rerun the same command to retry them.")
+    if results and not any(r["metrics"]["questions"] for r in results.values()):
+        failures = [f for r in results.values() for f in r["failed"]]
+        first = (f" (first: id '{failures[0]['id']}': {failures[0]['error']})"
+                 if failures else "")
+        raise InputError(
+            f"No question was answered in any mode{first}, so there is nothing to score; "
+            "fix the questions or the setup and rerun the same command."
+        )
     n_un = sum(not i.answerable for i in items)
     report: dict[str, Any] = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import stat
 import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,7 @@ from typing import Any
 
 __all__ = [
     "DEV_ARTICLES",
+    "MAX_FILE_BYTES",
     "SPLIT_SEED",
     "TEST_ARTICLES",
     "Article",
@@ -47,8 +49,12 @@ __all__ = [
     "split_articles",
     "squad_corpus_dir",
     "token_f1",
+    "unpaired_surrogate",
     "write_corpus",
 ]
+
+MAX_FILE_BYTES = 256 * 1024 * 1024
+"""Largest SQuAD file read (it is read whole; SQuAD 2.0's training file is 40 MB)."""
 
 SPLIT_SEED = 0
 """Seed of :func:`split_articles`; chosen so that dev and test hold similar question counts."""
@@ -106,9 +112,25 @@ class Article:
 # -- loading -------------------------------------------------------------------------------
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unpaired_surrogate(text: str) -> str | None:
+    """The first unpaired surrogate of ``text`` as a ``\\udXXX`` escape, else None.
+
+    JSON may spell one (``"\\ud800"``); Python accepts it in a string, but it is not
+    Unicode text and cannot be written as UTF-8, so an input holding one is refused.
+    """
+    found = _SURROGATE.search(text)
+    return None if found is None else f"\\u{ord(found.group()):04x}"
+
+
 def _str(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{where}: expected a string, got {type(value).__name__}")
+    bad = unpaired_surrogate(value)
+    if bad is not None:
+        raise ValueError(f"{where}: holds an unpaired surrogate ({bad}), which is not text")
     return value
 
 
@@ -118,32 +140,81 @@ def _list(value: Any, where: str) -> list[Any]:
     return value
 
 
+def _dict(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _question_id(value: Any, default: str, where: str) -> str:
+    """A question's id: a string or a whole number; ``default`` when missing or null."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{where}: expected a string or a whole number, got "
+                         f"{type(value).__name__}")
+    return _str(str(value), where)
+
+
 def load_squad(path: Path) -> list[Article]:
     """Read a file in the official SQuAD (1.1 or 2.0) JSON layout.
 
-    Questions without ``is_impossible`` (SQuAD 1.1) count as answerable. Duplicate answer
-    texts of a question are kept once, in order. Raises ValueError naming the bad field.
+    Questions without ``is_impossible`` (SQuAD 1.1) count as answerable; a question
+    without an id gets ``<title>-<paragraph>-<question>``. Duplicate answer texts of a
+    question are kept once, in order. Raises ValueError naming the bad field (or the line
+    of a byte that is not UTF-8): a value of the wrong type, an article title that
+    repeats, text with an unpaired surrogate, nesting too deep to parse.
+    A leading BOM is allowed; a file that is not a regular one (a pipe would block, a
+    device never end) or is over :data:`MAX_FILE_BYTES` is refused before it is read.
     """
-    raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    info = Path(path).stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("not a regular file (a pipe or a device?)")
+    if info.st_size > MAX_FILE_BYTES:
+        raise ValueError(f"{info.st_size:,} bytes, over the limit of {MAX_FILE_BYTES:,}; "
+                         "take a sample of its articles")
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ValueError(f"not UTF-8 text (line {line}); save it as UTF-8") from None
+    try:
+        raw = json.loads(text)
+    except RecursionError:
+        raise ValueError("its JSON nests too deeply to read") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object with a 'data' list")
+        raise ValueError("expected a JSON object with a 'data' list at the top")
     articles: list[Article] = []
+    titles: dict[str, int] = {}
     for a_i, art in enumerate(_list(raw.get("data"), "data")):
+        art = _dict(art, f"data[{a_i}]")
         title = _str(art.get("title"), f"data[{a_i}].title")
+        if title in titles:
+            raise ValueError(f"data[{a_i}].title: '{title}' repeats data[{titles[title]}].title "
+                             "(titles name the articles, so they must differ)")
+        titles[title] = a_i
         paragraphs: list[Paragraph] = []
         for p_i, par in enumerate(_list(art.get("paragraphs"), f"data[{a_i}].paragraphs")):
             where = f"data[{a_i}].paragraphs[{p_i}]"
+            par = _dict(par, where)
             context = _str(par.get("context"), f"{where}.context")
             qs: list[Question] = []
             for q_i, qa in enumerate(_list(par.get("qas", []), f"{where}.qas")):
                 qwhere = f"{where}.qas[{q_i}]"
+                qa = _dict(qa, qwhere)
                 answers: dict[str, None] = {}
                 for n, ans in enumerate(_list(qa.get("answers", []), f"{qwhere}.answers")):
+                    ans = _dict(ans, f"{qwhere}.answers[{n}]")
                     answers.setdefault(_str(ans.get("text"), f"{qwhere}.answers[{n}].text"))
-                impossible = bool(qa.get("is_impossible", False))
+                impossible = qa.get("is_impossible", False)
+                if not isinstance(impossible, bool):
+                    raise ValueError(f"{qwhere}.is_impossible: expected true or false, got "
+                                     f"{type(impossible).__name__}")
                 qs.append(
                     Question(
-                        id=str(qa.get("id", f"{title}-{p_i}-{q_i}")),
+                        id=_question_id(qa.get("id"), f"{title}-{p_i}-{q_i}",
+                                        f"{qwhere}.id"),
                         question=_str(qa.get("question"), f"{qwhere}.question"),
                         answers=[] if impossible else list(answers),
                         answerable=not impossible and bool(answers),

@@ -24,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +67,19 @@ KIND_LABELS = {
 
 MAX_KEPT_ISSUES = 1000
 """Issues kept in a report (all are counted)."""
+
+MAX_FILE_BYTES = 256 * 1024 * 1024
+"""Largest training file read (it is read whole); a larger one is refused unread."""
+
+MAX_LINE_BYTES = 4 * 1024 * 1024
+"""Longest line parsed: more than any example that fits the longest --max-len (131,072
+tokens) in practice; a longer line is ``too_long`` without being parsed."""
+
+MAX_CHARS_PER_TOKEN = 32
+"""No real text averages more characters per token: an example with more than ``max_len``
+times this many characters is over ``max_len`` tokens before any tokenizer is loaded."""
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -248,6 +263,10 @@ def check_messages(obj: Any, line: int) -> list[Issue]:
             issues.append(Issue(line, "schema", f"{where}.content",
                                 "missing" if content is None else f"expected a string, got "
                                 f"{_kind(content)}"))
+        elif (bad := _SURROGATE.search(content)) is not None:
+            issues.append(Issue(line, "schema", f"{where}.content",
+                                f"holds an unpaired surrogate (\\u{ord(bad.group()):04x}), "
+                                "which is not text; fix the escape"))
         elif role == "assistant" and not content.strip():
             issues.append(Issue(line, "empty_assistant", f"{where}.content",
                                 "the assistant turn is empty"))
@@ -299,13 +318,32 @@ def _message(m: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate_chat_jsonl(path: Path | str, *, max_chars: int | None = None) -> DataReport:
+def validate_chat_jsonl(path: Path | str, *, max_chars: int | None = None,
+                        max_len: int | None = None) -> DataReport:
     """Read and check a chat JSONL file (structure only; see :func:`check_lengths`).
 
     ``max_chars``, when given, flags examples whose text is longer as ``too_long`` without
-    a tokenizer (a cheap early check). Raises InputError if the file cannot be read.
+    a tokenizer (a cheap early check); so does ``max_len`` (tokens) for examples with more
+    than ``max_len`` * :data:`MAX_CHARS_PER_TOKEN` characters, which no tokenizer fits in
+    ``max_len`` tokens. A line over :data:`MAX_LINE_BYTES` is ``too_long`` unparsed.
+    Raises InputError if the file cannot be read, is not a regular file (checked
+    before opening it: a pipe or a device would block or never end) or is over
+    :data:`MAX_FILE_BYTES`.
     """
     path = Path(path)
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise InputError(f"Cannot read {path}: {exc.strerror or exc}; give a readable "
+                         "chat JSONL file.") from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{path} is a folder; give a chat JSONL file.")
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path} is not a regular file (a pipe or a device?); give a chat "
+                         "JSONL file.")
+    if info.st_size > MAX_FILE_BYTES:
+        raise InputError(f"{path} is {info.st_size:,} bytes, over the limit of "
+                         f"{MAX_FILE_BYTES:,} for training data; split it into smaller files.")
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -320,6 +358,10 @@ def validate_chat_jsonl(path: Path | str, *, max_chars: int | None = None) -> Da
                 report.blank += 1
             continue
         report.lines += 1
+        if len(line_bytes) > MAX_LINE_BYTES:
+            report.add(Issue(number, "too_long", "", f"{len(line_bytes) / 2**20:.1f} MiB, over "
+                             f"the limit of {MAX_LINE_BYTES // 2**20} MiB for one example"))
+            continue
         try:
             text = line_bytes.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -331,12 +373,19 @@ def validate_chat_jsonl(path: Path | str, *, max_chars: int | None = None) -> Da
             report.add(Issue(number, "json", "", f"broken JSON: {exc.msg} at column "
                              f"{exc.colno}"))
             continue
+        except RecursionError:
+            report.add(Issue(number, "json", "", "the JSON nests too deeply to read"))
+            continue
         issues = check_messages(obj, number)
-        if not issues and max_chars is not None:
+        if not issues and (max_chars is not None or max_len is not None):
             chars = sum(len(m["content"]) for m in obj["messages"])
-            if chars > max_chars:
+            if max_chars is not None and chars > max_chars:
                 issues.append(Issue(number, "too_long", "messages",
                                     f"{chars} characters, more than {max_chars}"))
+            elif max_len is not None and chars > max_len * MAX_CHARS_PER_TOKEN:
+                issues.append(Issue(number, "too_long", "messages",
+                                    f"{chars:,} characters, far more than --max-len {max_len} "
+                                    "tokens can hold"))
         for issue in issues:
             report.add(issue)
         if not issues:
