@@ -533,7 +533,9 @@ class KnowledgeBase:
         """The ``k`` best bm25 matches as (chunk id, relevance), best first.
 
         Relevance is FTS5's bm25 rank negated (higher is better). The query is free text,
-        escaped by :func:`fts_query`.
+        escaped by :func:`fts_query`. A query with Chinese, Japanese or Korean characters
+        also searches ``chunks_cjk`` with its character pairs; a chunk found by both
+        indexes keeps the better relevance.
         """
         found = self._match("chunks_fts", fts_query(text), k, collection)
         pairs = query_terms(text)
