@@ -230,6 +230,14 @@ def test_markdown_title_falls_back_to_stem(tmp_path: Path) -> None:
     assert doc.sections[0].heading_path == ("Only h2",)
 
 
+def test_markdown_unclosed_comments_and_tags_are_quick(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.md", "# Page\n\nx " + "<!-- " * 100_000 + "\n\n<div>\n"
+                 + "<a " * 100_000 + "\n")
+    started = time.perf_counter()
+    assert "x <!--" in all_text(load(path))  # an unclosed comment is text
+    assert time.perf_counter() - started < 5
+
+
 def test_markdown_pathological_nesting_is_quick(tmp_path: Path) -> None:
     path = write(tmp_path, "n.md", "> " * 50_000 + "quote\n\n" + "* " * 50_000 + "x\n")
     started = time.perf_counter()

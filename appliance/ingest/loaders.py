@@ -286,7 +286,23 @@ def _markdown_inline_text(md: Any, source: str) -> str:
     return _INLINE_WS.sub(" ", "".join(parts)).strip()
 
 
-_TAG = re.compile(r"</?[A-Za-z][\w:-]*(?:\s[^<>]*)?/?>|<!--.*?-->")
+_TAG = re.compile(r"</?[A-Za-z][\w:-]*(?:\s[^<>]*)?/?>")
+
+
+def _drop_markup(text: str) -> str:
+    """``text`` without HTML tags and complete ``<!-- -->`` comments (found with
+    ``str.find``: a regular expression for comments is quadratic on a line of unclosed
+    ``<!--``)."""
+    kept: list[str] = []
+    pos = 0
+    while (start := text.find("<!--", pos)) >= 0:
+        end = text.find("-->", start + 4)
+        if end < 0:
+            break
+        kept.append(text[pos:start])
+        pos = end + 3
+    kept.append(text[pos:])
+    return _TAG.sub("", "".join(kept))
 
 
 _CODE_SPAN = re.compile(r"(`+[^`]*`+)")
@@ -296,7 +312,7 @@ def _drop_inline_tags(line: str) -> str:
     """``line`` without inline HTML tags (``<kbd>``, ``<br/>``, ``</span>``), code spans
     left as written; autolinks such as ``<https://...>`` are not tags and stay."""
     parts = _CODE_SPAN.split(line)
-    return "".join(part if i % 2 else _TAG.sub("", part) for i, part in enumerate(parts))
+    return "".join(part if i % 2 else _drop_markup(part) for i, part in enumerate(parts))
 
 
 def _load_markdown(path: Path, data: bytes, settings: IngestSettings) -> LoadedDocument:
@@ -314,7 +330,7 @@ def _load_markdown(path: Path, data: bytes, settings: IngestSettings) -> LoadedD
                 # a <script> or <style> block is code for a browser, a comment is for authors
                 lines[start:end] = [""] * (end - start)
             else:  # a README's <p align="center"><img src=...>: its text, not its markup
-                lines[start:end] = [_TAG.sub("", line) for line in lines[start:end]]
+                lines[start:end] = [_drop_markup(line) for line in lines[start:end]]
         elif tok.type == "inline" and tok.map and "<" in tok.content:
             start, end = tok.map
             lines[start:end] = [_drop_inline_tags(line) for line in lines[start:end]]
