@@ -146,7 +146,8 @@ class Citation:
     chunk_id: int
     score: float
     page: int | None = None
-    """The PDF page the source's text starts on (None for formats without pages)."""
+    """The PDF page the source's text starts on (None for formats without pages; then the
+    JSON record has no ``page``)."""
 
 
 def page_suffix(page: int | None) -> str:
@@ -172,8 +173,14 @@ class Answer:
     flags: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        """The record as JSON-ready data, field names as in DESIGN.md."""
-        return asdict(self)
+        """The record as JSON-ready data, field names as in DESIGN.md; a citation's
+        ``page`` is there only when its source has one (a PDF)."""
+        data = asdict(self)
+        for key in ("citations", "closest"):
+            for cite in data[key]:
+                if cite["page"] is None:
+                    del cite["page"]
+        return data
 
 
 @runtime_checkable
