@@ -457,7 +457,12 @@ class ApplianceTUI(App[None]):
     def action_ingest(self) -> None:
         """Open the ingest screen."""
         screen = self._ingest()
-        if self.screen is not screen:
+        if screen in self.screen_stack:
+            # Open under a dialog (the command palette works there): close the dialogs
+            # above it rather than put the same screen on the stack twice.
+            while self.screen is not screen:
+                self.pop_screen()
+        else:
             self.push_screen("ingest")
 
     def start_ingest(self, path: Path, kb: str) -> None:

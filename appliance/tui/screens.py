@@ -33,8 +33,8 @@ from textual.widgets import (
 )
 from textual.widgets.option_list import Option
 
-from appliance.tui.sources import cited_passage, citing_sentences, display_path
-from appliance.tui.widgets import ExchangeData
+from appliance.tui.sources import cited_passage, citing_sentences, display_path, printable
+from appliance.tui.widgets import ExchangeData, PlainInput, PlainTextArea
 from appliance.types import IngestReport
 
 if TYPE_CHECKING:
@@ -123,8 +123,8 @@ class ErrorDialog(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="error-box", classes="dialog"):
-            yield Label(Text(self.title_text), id="error-title")
-            yield Static(Text(self.message), id="error-message")
+            yield Label(Text(printable(self.title_text, one_line=True)), id="error-title")
+            yield Static(Text(printable(self.message)), id="error-message")
             with Horizontal(classes="buttons"):
                 yield Button("OK", variant="error", id="error-ok")
 
@@ -159,13 +159,13 @@ class PickerScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="picker-box", classes="dialog"):
-            yield Label(Text(self.title_text), classes="dialog-title")
+            yield Label(Text(printable(self.title_text, one_line=True)), classes="dialog-title")
             options = []
             for c in self.choices:
                 prompt = Text.assemble(("● " if c.id == self.current else "  ", "green"),
-                                       (c.label, "bold"))
+                                       (printable(c.label, one_line=True), "bold"))
                 if c.note:
-                    prompt.append(f"\n  {c.note}", style="dim")
+                    prompt.append(f"\n  {printable(c.note, one_line=True)}", style="dim")
                 options.append(Option(prompt, id=c.id))
             yield OptionList(*options, id="picker-list")
             yield Label("Enter choose · Esc cancel", classes="hint")
@@ -224,17 +224,19 @@ class SourceScreen(ModalScreen[None]):
             return
         total = len(self.exchange.sources)
         title.update(Text.assemble((f"[{source.n}/{total}] ", "bold"),
-                                   display_path(source.path)))
-        self.query_one("#source-heading", Label).update(Text(source.heading or "(no heading)"))
+                                   printable(display_path(source.path), one_line=True)))
+        self.query_one("#source-heading", Label).update(
+            Text(printable(source.heading, one_line=True) or "(no heading)"))
         self.query_one("#source-scores", Label).update(Text(source.scores_line()))
         answer = self.exchange.answer
         claims = citing_sentences(answer.answer, source.n) if answer else []
         claim = self.query_one("#source-claim", Static)
         claim.display = bool(claims)
         if claims:
-            plain = re.sub(r"\*\*|__|`", "", " ".join(claims))
+            plain = printable(re.sub(r"\*\*|__|`", "", " ".join(claims)), one_line=True)
             claim.update(Text.assemble(("Cited for: ", "bold"), plain))
-        body = Text(source.text.strip() or "(the text of this chunk is not available)")
+        body = Text(printable(source.text.strip())
+                    or "(the text of this chunk is not available)")
         span = cited_passage(body.plain, claims) if claims else None
         if span is not None:
             body.stylize("reverse bold", *span)
@@ -279,13 +281,14 @@ class FeedbackScreen(ModalScreen[tuple[str, str] | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="feedback-box", classes="dialog"):
             yield Label("Feedback on the answer", classes="dialog-title")
-            yield Static(Text.assemble(("❯ ", "bold"), self.exchange.question),
+            yield Static(Text.assemble(("❯ ", "bold"),
+                                       printable(self.exchange.question, one_line=True)),
                          id="feedback-question")
             with RadioSet(id="feedback-rating"):
                 yield RadioButton("Good answer", value=self.rating == "good", id="rate-good")
                 yield RadioButton("Bad answer", value=self.rating == "bad", id="rate-bad")
             yield Label("Corrected answer (optional; it becomes training data):")
-            yield TextArea(id="feedback-correction", soft_wrap=True)
+            yield PlainTextArea(id="feedback-correction", soft_wrap=True)
             with Horizontal(classes="buttons"):
                 yield Button("Save", variant="primary", id="feedback-save")
                 yield Button("Cancel", id="feedback-cancel")
@@ -310,6 +313,12 @@ class FeedbackScreen(ModalScreen[tuple[str, str] | None]):
         self.dismiss(None)
 
 
+def _cell(value: str) -> Text:
+    """A report table cell shown as it is: DataTable reads a plain string as markup, so
+    a path like ``a[/x].md`` would crash it and ``[@click=app.quit]`` would run."""
+    return Text(printable(value, one_line=True))
+
+
 class _FolderTree(DirectoryTree):
     """Folders and the files ingest reads."""
 
@@ -320,6 +329,12 @@ class _FolderTree(DirectoryTree):
     def on_mount(self) -> None:
         self.root.label = Text(f"{Path.cwd().name or '/'}  (working directory)"
                                if self.path in (".", Path(".")) else str(self.path))
+
+    def process_label(self, label: str | Text) -> Text:
+        """A file name as it is (never markup), control characters shown as ``�``."""
+        if isinstance(label, str):
+            label = Text(printable(label, one_line=True))
+        return super().process_label(label)
 
     def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
         return [
@@ -358,11 +373,11 @@ class IngestScreen(Screen[None]):
             yield Label("Ingest documents", classes="screen-title")
             with Horizontal(classes="field"):
                 yield Label("Folder", classes="field-label")
-                yield Input(placeholder="a folder or file; pick one below or type it",
-                            id="ingest-path")
+                yield PlainInput(placeholder="a folder or file; pick one below or type it",
+                                 id="ingest-path")
             with Horizontal(classes="field"):
                 yield Label("Into KB", classes="field-label")
-                yield Input(self.kb, id="ingest-kb")
+                yield PlainInput(self.kb, id="ingest-kb")
                 yield Button("Ingest", variant="primary", id="ingest-start")
         with Horizontal(id="ingest-body"):
             yield _FolderTree(self.root, self.extensions, id="ingest-tree")
@@ -370,7 +385,7 @@ class IngestScreen(Screen[None]):
                 yield ProgressBar(id="ingest-progress", show_eta=False)
                 yield Label("Idle: choose a folder and press Ingest.", id="ingest-current")
                 yield Label("", id="ingest-summary")
-                table: DataTable[str] = DataTable(id="ingest-report", cursor_type="row")
+                table: DataTable[str | Text] = DataTable(id="ingest-report", cursor_type="row")
                 table.add_column("", key="mark", width=1)
                 table.add_column("file", key="file")
                 table.add_column("result", key="result")
@@ -412,14 +427,14 @@ class IngestScreen(Screen[None]):
         bar = self.query_one(ProgressBar)
         bar.update(total=None, progress=0)
         self.query_one("#ingest-current", Label).update(
-            Text(f"Reading {display_path(str(path))} into '{kb}'…"))
+            Text(printable(f"Reading {display_path(str(path))} into '{kb}'…", one_line=True)))
         self.query_one("#ingest-start", Button).disabled = True
 
     def progress(self, done: int, total: int, path: str) -> None:
         """One file is being read (``done`` files finished of ``total``)."""
         bar = self.query_one(ProgressBar)
         bar.update(total=max(total, 1), progress=done)
-        table: DataTable[str] = self.query_one(DataTable)
+        table: DataTable[str | Text] = self.query_one(DataTable)
         if self._rows:
             last = self._rows[-1]
             table.update_cell(last, "result", "ok")
@@ -427,10 +442,10 @@ class IngestScreen(Screen[None]):
         if path:
             key = f"{len(self._rows)}:{path}"
             self._rows.append(key)
-            table.add_row("…", display_path(path), "reading", key=key)
+            table.add_row("…", _cell(display_path(path)), "reading", key=key)
             table.move_cursor(row=len(self._rows) - 1)
             self.query_one("#ingest-current", Label).update(
-                Text(f"{done + 1}/{total}  {display_path(path)}"))
+                Text(printable(f"{done + 1}/{total}  {display_path(path)}", one_line=True)))
 
     def finish(self, report: IngestReport | None, error: str = "") -> None:
         """The ingest ended (``report`` None when it failed)."""
@@ -440,19 +455,19 @@ class IngestScreen(Screen[None]):
         summary = self.query_one("#ingest-summary", Label)
         if report is None:
             current.update("Ingest failed.")
-            summary.update(Text(error))
+            summary.update(Text(printable(error)))
             return
-        table: DataTable[str] = self.query_one(DataTable)
+        table: DataTable[str | Text] = self.query_one(DataTable)
         failed = {f.path: f.reason for f in report.failed}
         keys = {key.split(":", 1)[1]: key for key in self._rows}
         for path, reason in failed.items():
             key = keys.get(path)
             if key is None:
-                table.add_row("✗", display_path(path), reason)
+                table.add_row("✗", _cell(display_path(path)), _cell(reason))
             else:
                 table.update_cell(key, "mark", "✗")
-                table.update_cell(key, "result", reason)
-        current.update(Text(f"Done: '{self.kb}' is up to date."))
+                table.update_cell(key, "result", _cell(reason))
+        current.update(Text(printable(f"Done: '{self.kb}' is up to date.", one_line=True)))
         summary.update(Text(
             f"{report.added} added · {report.updated} updated · {report.unchanged} unchanged"
             f" · {len(report.failed)} failed · {report.chunks} chunks"))

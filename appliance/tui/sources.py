@@ -23,6 +23,7 @@ __all__ = [
     "citing_sentences",
     "display_path",
     "linkify_citations",
+    "printable",
     "sources_for",
 ]
 
@@ -100,6 +101,23 @@ def display_path(path: str, cwd: str | None = None) -> str:
     if path == home or path.startswith(home + os.sep):
         return "~" + path[len(home):]
     return path
+
+
+# -- text safe to show in a terminal ---------------------------------------------------------
+
+_NEWLINES = re.compile(r"\r\n?|[\v\f\x1c-\x1e\x85\u2028\u2029]")
+_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1b\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_BREAKS = re.compile(r"[\n\t]")
+
+
+def printable(text: str, *, one_line: bool = False) -> str:
+    """``text`` with nothing that could drive the terminal: control characters (escape
+    sequences, bells, NUL, C1 codes) and bidirectional overrides become U+FFFD (``�``) or,
+    for line and paragraph separators, a newline. Tabs and newlines are kept, unless
+    ``one_line``: then each becomes a space. Markup is not touched (show the result as
+    ``Text``, never as markup)."""
+    text = _CONTROLS.sub("\ufffd", _NEWLINES.sub("\n", text))
+    return _BREAKS.sub(" ", text) if one_line else text
 
 
 # -- citations in the answer text --------------------------------------------------------------

@@ -17,17 +17,28 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.reactive import reactive
-from textual.widgets import Button, Input, Label, LoadingIndicator, Markdown, OptionList, Static
+from textual.widgets import (
+    Button,
+    Input,
+    Label,
+    LoadingIndicator,
+    Markdown,
+    OptionList,
+    Static,
+    TextArea,
+)
 from textual.widgets.markdown import MarkdownStream
 from textual.widgets.option_list import Option
 
-from appliance.tui.sources import SourceView, display_path, linkify_citations
+from appliance.tui.sources import SourceView, display_path, linkify_citations, printable
 from appliance.types import Answer, Hit, page_suffix
 
 __all__ = [
     "CitationLink",
     "ExchangeData",
     "ExchangeView",
+    "PlainInput",
+    "PlainTextArea",
     "QuestionInput",
     "SourcesPanel",
     "StatusBar",
@@ -37,7 +48,30 @@ __all__ = [
 # -- question input with history ---------------------------------------------------------------
 
 
-class QuestionInput(Input):
+class PlainInput(Input):
+    """A one-line input that keeps only printable text: a paste or a value with control
+    characters (escape sequences, NUL, bells) or line breaks shows them as ``�`` or spaces,
+    so nothing typed can drive the terminal."""
+
+    def validate_value(self, value: str) -> str:
+        """Clean a value set by code (the history, a picked path)."""
+        return printable(value, one_line=True)
+
+    def replace(self, text: str, start: int, end: int) -> None:
+        """Clean typed or pasted text before it goes in (the cursor lands after it)."""
+        super().replace(printable(text, one_line=True), start, end)
+
+
+class PlainTextArea(TextArea):
+    """A text area whose pastes keep only printable text (line breaks and tabs stay):
+    control characters show as ``�`` instead of reaching the terminal."""
+
+    async def _on_paste(self, event: events.Paste) -> None:
+        # Runs before TextArea's own handler (Textual calls each class's), which inserts it.
+        event.text = printable(event.text)
+
+
+class QuestionInput(PlainInput):
     """The question box: Enter asks, Up and Down walk through earlier questions.
 
     With ``history_file`` the history outlives the session: earlier questions are read
@@ -135,10 +169,12 @@ class CitationLink(Static, can_focus=True):
             self.n = n
 
     def __init__(self, exchange: ExchangeData, source: SourceView) -> None:
+        name = printable(os.path.basename(source.path) + page_suffix(source.page), one_line=True)
+        heading = printable(source.heading[:200], one_line=True)
         label = Text.assemble(
             (f"[{source.n}] ", "bold"),
-            (os.path.basename(source.path) + page_suffix(source.page), ""),
-            (f"  {source.heading}" if source.heading else "", "italic"),
+            (name, ""),
+            (f"  {heading}" if heading else "", "italic"),
         )
         label.truncate(200)
         super().__init__(label, classes="citation")
@@ -173,7 +209,8 @@ class ExchangeView(Vertical):
         self._stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static(Text.assemble(("❯ ", "bold"), self.data.question), classes="question")
+        yield Static(Text.assemble(("❯ ", "bold"), printable(self.data.question, one_line=True)),
+                     classes="question")
         with Horizontal(classes="pending"):
             yield LoadingIndicator()
             yield Label("Searching and thinking…", classes="pending-label")
@@ -203,7 +240,7 @@ class ExchangeView(Vertical):
         self._streamed += piece
         if self._stream is None:
             self._stream = Markdown.get_stream(self.markdown)
-        await self._stream.write(piece)
+        await self._stream.write(printable(piece))
 
     async def _end_stream(self) -> None:
         if self._stream is not None:
@@ -219,7 +256,7 @@ class ExchangeView(Vertical):
         if answer is None:
             return
         known = [s.n for s in data.sources]
-        await self.markdown.update(linkify_citations(answer.answer, known))
+        await self.markdown.update(linkify_citations(printable(answer.answer), known))
         box = self.query_one(".citations", Vertical)
         await box.remove_children()
         shown = [s for s in data.sources if s.cited] if not answer.abstained else []
@@ -254,8 +291,12 @@ class ExchangeView(Vertical):
     @on(Markdown.LinkClicked)
     def _link(self, event: Markdown.LinkClicked) -> None:
         event.stop()
-        if event.href.startswith("cite:"):
-            self.post_message(CitationLink.Opened(self.data, int(event.href[5:])))
+        # Only the links linkify_citations made; the answer's own links (``cite:x``,
+        # ``app.quit``, a URL) do nothing.
+        number = event.href.removeprefix("cite:")
+        if (event.href.startswith("cite:") and number.isascii() and number.isdigit()
+                and len(number) <= 9):
+            self.post_message(CitationLink.Opened(self.data, int(number)))
 
     @on(Button.Pressed, ".good")
     def _good(self, event: Button.Pressed) -> None:
@@ -301,9 +342,10 @@ class SourcesPanel(Vertical):
             prompt = Text.assemble(
                 (f"{s.n:>2} ", "bold"),
                 ("● " if s.cited else "  ", "green"),
-                (os.path.basename(s.path) + page_suffix(s.page), "bold"),
+                (printable(os.path.basename(s.path) + page_suffix(s.page), one_line=True),
+                 "bold"),
                 "\n     ",
-                (s.heading or "(no heading)", "italic"),
+                (printable(s.heading[:200], one_line=True) or "(no heading)", "italic"),
                 "\n     ",
                 (s.scores_line(), "dim"),
             )
@@ -320,10 +362,11 @@ class SourcesPanel(Vertical):
         if source is None:
             text.update("No sources for this answer.")
             return
-        body = Text.assemble((display_path(source.path) + page_suffix(source.page), "bold"), "\n")
+        where = display_path(source.path) + page_suffix(source.page)
+        body = Text.assemble((printable(where, one_line=True), "bold"), "\n")
         if source.heading:
-            body.append(source.heading + "\n", style="italic")
-        body.append("\n" + source.text.strip())
+            body.append(printable(source.heading, one_line=True) + "\n", style="italic")
+        body.append("\n" + printable(source.text.strip()))
         text.update(body)
         self.query_one("#preview", VerticalScroll).scroll_home(animate=False)
 
@@ -369,7 +412,7 @@ class StatusBar(Vertical):
 
     def _set(self, widget_id: str, value: str) -> None:
         for label in self.query(f"#{widget_id}").results(Label):
-            label.update(Text(value))
+            label.update(Text(printable(value, one_line=True)))
 
     def watch_kb_text(self, value: str) -> None:
         self._set("status-kb", value)
