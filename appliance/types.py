@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "CONTROL_CHARS",
     "Answer",
     "Chunk",
     "Citation",
@@ -231,10 +232,14 @@ class Generator(Protocol):
         ...
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+CONTROL_CHARS = re.compile(
+    r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+"""Characters that drive a terminal or reorder text instead of showing: C0 and C1 control
+codes (NUL, ESC, CSI, ...) other than tab, newline and carriage return, and bidirectional
+overrides."""
 
 
 def strip_controls(text: str) -> str:
-    """``text`` without control characters (NUL, terminal escape codes, ...), tabs and line
-    breaks kept: no question means them, and echoing them would drive the terminal."""
-    return _CONTROL.sub("", text)
+    """``text`` without :data:`CONTROL_CHARS`, tabs and line breaks kept: no question means
+    them, and echoing them would drive the terminal."""
+    return CONTROL_CHARS.sub("", text)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.generate import citation_numbers
-from appliance.types import Answer, Citation, Hit
+from appliance.types import CONTROL_CHARS, Answer, Citation, Hit
 
 __all__ = [
     "SourceView",
@@ -106,7 +106,6 @@ def display_path(path: str, cwd: str | None = None) -> str:
 # -- text safe to show in a terminal ---------------------------------------------------------
 
 _NEWLINES = re.compile(r"\r\n?|[\v\f\x1c-\x1e\x85\u2028\u2029]")
-_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1b\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _BREAKS = re.compile(r"[\n\t]")
 
 
@@ -116,7 +115,7 @@ def printable(text: str, *, one_line: bool = False) -> str:
     for line and paragraph separators, a newline. Tabs and newlines are kept, unless
     ``one_line``: then each becomes a space. Markup is not touched (show the result as
     ``Text``, never as markup)."""
-    text = _CONTROLS.sub("\ufffd", _NEWLINES.sub("\n", text))
+    text = CONTROL_CHARS.sub("\ufffd", _NEWLINES.sub("\n", text))
     return _BREAKS.sub(" ", text) if one_line else text
 
 
