@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 from collections.abc import Callable
@@ -30,36 +29,20 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from calibrate_margin import DEFAULT_SQUAD, _excluded  # noqa: E402
+from calibrate_margin import DEFAULT_SQUAD, held_out_dev, margin_of  # noqa: E402
 
 Row = dict[str, Any]
 
 
 def measure(args: argparse.Namespace) -> list[Row]:
     """Journal one row of signals per question in ``args.out``; return all rows."""
-    import numpy as np
-
     from appliance.api import Appliance
-    from appliance.evaluate.runner import EvalSet, prepare_squad_kb
-    from appliance.evaluate.squad import load_squad, split_articles
     from appliance.generate import load_generator
-    from appliance.generate.prompt import ABSTAIN_SENTENCE, build_rag_prompt
     from appliance.pipeline import retrieval_abstains
     from appliance.store import query_words
 
     app = Appliance()
-    dev, _ = split_articles(load_squad(args.squad))
-    if args.kb not in app.list_kbs():
-        prepare_squad_kb(app, EvalSet(items=[], source=str(args.squad), kind="squad",
-                                      articles=dev), args.kb)
-    seen = _excluded(args.exclude)
-    questions = [q for a in dev for p in a.paragraphs for q in p.questions
-                 if q.question.strip() not in seen]
-    rng = random.Random(args.seed)
-    answerable = [q for q in questions if q.answerable]
-    unanswerable = [q for q in questions if not q.answerable]
-    rng.shuffle(answerable)
-    rng.shuffle(unanswerable)
+    answerable, unanswerable = held_out_dev(app, args)
     rows: dict[str, Row] = {}
     if args.out.exists():
         for line in args.out.read_text(encoding="utf-8").splitlines():
@@ -68,7 +51,7 @@ def measure(args: argparse.Namespace) -> list[Row]:
     config = app.settings.answer
     gen: Any = load_generator(app.settings, app.registry, args.model)
     retriever = app.retriever(args.kb)
-    first = gen.llm.tokenize(ABSTAIN_SENTENCE.encode(), add_bos=False, special=False)[0]
+    margin = margin_of(gen, app)
     with app.open_kb(args.kb) as kb, args.out.open("a", encoding="utf-8") as fh:
         for q in answerable[: args.n] + unanswerable[: args.n]:
             if q.question in rows:
@@ -77,10 +60,6 @@ def measure(args: argparse.Namespace) -> list[Row]:
             words = {t for w in query_words(q.question) for t in kb.terms(w)}
             tops = [set(kb.terms(f"{h.heading} {h.text}")) for h in hits]
             union = set().union(*tops)
-            prompt = build_rag_prompt(q.question, hits, count_tokens=gen.count_tokens,
-                                      n_ctx=gen.n_ctx,
-                                      max_tokens=app.settings.generate.max_tokens)
-            logits = gen.next_token_logits(prompt.messages).astype(np.float64)
             row = {
                 "question": q.question, "answerable": q.answerable,
                 "retrieval": retrieval_abstains(hits, config, q.question),
@@ -90,7 +69,7 @@ def measure(args: argparse.Namespace) -> list[Row]:
                 "cover1": len(words & tops[0]) / max(len(words), 1) if tops else 0.0,
                 "cover_k": len(words & union) / max(len(words), 1),
                 "missing_k": len(words - union),
-                "margin": float(logits[first] - np.max(np.delete(logits, first))),
+                "margin": margin(q.question, hits),
             }
             rows[q.question] = row
             fh.write(json.dumps(row) + "\n")

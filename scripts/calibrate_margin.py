@@ -25,6 +25,7 @@ import argparse
 import json
 import random
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,19 +45,12 @@ def _excluded(path: Path | None) -> set[str]:
     return seen
 
 
-def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One row per question: answerable, and margin or retrieval abstention."""
-    import numpy as np
-
-    from appliance.api import Appliance
-    from appliance.config import load_settings
+def held_out_dev(app: Any, args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
+    """(answerable, unanswerable) dev-split questions outside ``--exclude``, each shuffled
+    with ``--seed``; the dev articles are ingested into ``--kb`` when it does not exist."""
     from appliance.evaluate.runner import EvalSet, prepare_squad_kb
     from appliance.evaluate.squad import load_squad, split_articles
-    from appliance.generate import load_generator
-    from appliance.generate.prompt import ABSTAIN_SENTENCE, build_rag_prompt
-    from appliance.pipeline import retrieval_abstains
 
-    app = Appliance(load_settings(home=args.home) if args.home else None)
     dev, _ = split_articles(load_squad(args.squad))
     if args.kb not in app.list_kbs():
         prepare_squad_kb(app, EvalSet(items=[], source=str(args.squad), kind="squad",
@@ -69,10 +63,40 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     unanswerable = [q for q in questions if not q.answerable]
     rng.shuffle(answerable)
     rng.shuffle(unanswerable)
+    return answerable, unanswerable
+
+
+def margin_of(gen: Any, app: Any) -> Callable[[str, Sequence[Any]], float]:
+    """A function of (question, hits): the first-token margin of the abstention sentence
+    (its logit minus the best other token's) in the pipeline's prompt for them."""
+    import numpy as np
+
+    from appliance.generate.prompt import ABSTAIN_SENTENCE, build_rag_prompt
+
+    first = gen.llm.tokenize(ABSTAIN_SENTENCE.encode(), add_bos=False, special=False)[0]
+
+    def margin(question: str, hits: Sequence[Any]) -> float:
+        prompt = build_rag_prompt(question, hits, count_tokens=gen.count_tokens,
+                                  n_ctx=gen.n_ctx, max_tokens=app.settings.generate.max_tokens)
+        logits = gen.next_token_logits(prompt.messages).astype(np.float64)
+        return float(logits[first] - np.max(np.delete(logits, first)))
+
+    return margin
+
+
+def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per question: answerable, and margin or retrieval abstention."""
+    from appliance.api import Appliance
+    from appliance.config import load_settings
+    from appliance.generate import load_generator
+    from appliance.pipeline import retrieval_abstains
+
+    app = Appliance(load_settings(home=args.home) if args.home else None)
+    answerable, unanswerable = held_out_dev(app, args)
     config = app.settings.answer
     gen: Any = load_generator(app.settings, app.registry, args.model)
     retriever = app.retriever(args.kb)
-    first = gen.llm.tokenize(ABSTAIN_SENTENCE.encode(), add_bos=False, special=False)[0]
+    margin = margin_of(gen, app)
     rows = []
     for q in answerable[: args.n] + unanswerable[: args.n]:
         hits = retriever.search(q.question, k=config.k).hits
@@ -80,10 +104,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         if retrieval_abstains(hits, config, q.question):
             row["retrieval"] = True
         else:
-            prompt = build_rag_prompt(q.question, hits, count_tokens=gen.count_tokens,
-                                      n_ctx=gen.n_ctx, max_tokens=app.settings.generate.max_tokens)
-            logits = gen.next_token_logits(prompt.messages).astype(np.float64)
-            row["margin"] = float(logits[first] - np.max(np.delete(logits, first)))
+            row["margin"] = margin(q.question, hits)
         rows.append(row)
     gen.close()
     app.close()

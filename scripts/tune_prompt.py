@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                              else retriever, mode="rag", id=item.id, config=cfg,
                              reminder=reminder,
                              examples=FEW_SHOT[: 2 * variant.get("examples", 0)])
-                values = {f.name: getattr(rec, f.name) for f in fields(rec)}
-                values["citations"] = [vars(c) for c in rec.citations]
-                values["closest"] = [vars(c) for c in rec.closest]
+                values = rec.to_json()
                 done[item.id] = values
                 fh.write(json.dumps(values, ensure_ascii=False) + "\n")
                 fh.flush()
