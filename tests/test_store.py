@@ -190,18 +190,28 @@ def test_binary_prefilter_rescores_exactly(kb: KnowledgeBase) -> None:
     assert kb.count("chunks_bin") == 60 and kb.check() == []
 
 
-def test_migration_adds_binary_codes_to_a_version_1_file(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite"
+_ADDED_BY = {  # what each migration after the first created, newest first
+    3: ("DROP TRIGGER chunks_cjk_delete", "DROP TABLE chunks_cjk"),
+    2: ("DROP TABLE chunks_bin",),
+}
+
+
+def _old_file(path: Path, version: int, texts: list[str]) -> Path:
+    """A knowledge base holding ``texts``, taken back to what schema ``version`` wrote."""
     kb = KnowledgeBase(path, create=True)
     emb = HashEmbedder()
     kb.bind_embedder(emb)
-    _add(kb, emb, "/a.txt", ["alpha beta", "gamma"])
-    kb.conn.execute("DROP TABLE chunks_bin")  # what a schema-1 file looked like
-    kb.conn.execute("DROP TRIGGER chunks_cjk_delete")
-    kb.conn.execute("DROP TABLE chunks_cjk")
-    kb.conn.execute("PRAGMA user_version = 1")
+    _add(kb, emb, "/a.txt", texts)
+    for number in range(SCHEMA_VERSION, version, -1):
+        for sql in _ADDED_BY[number]:
+            kb.conn.execute(sql)
+    kb.conn.execute(f"PRAGMA user_version = {version}")
     kb.close()
-    reopened = KnowledgeBase(path)
+    return path
+
+
+def test_migration_adds_binary_codes_to_a_version_1_file(tmp_path: Path) -> None:
+    reopened = KnowledgeBase(_old_file(tmp_path / "old.sqlite", 1, ["alpha beta", "gamma"]))
     assert reopened.meta()["schema_version"] == str(SCHEMA_VERSION)
     assert reopened.count("chunks_bin") == 2 and reopened.check() == []
     reopened.close()
@@ -258,16 +268,8 @@ def test_check_finds_stale_cjk_terms(kb: KnowledgeBase) -> None:
 
 
 def test_migration_indexes_the_cjk_text_of_a_version_2_file(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite"
-    kb = KnowledgeBase(path, create=True)
-    emb = HashEmbedder()
-    kb.bind_embedder(emb)
-    _add(kb, emb, "/zh.txt", ["北京是中国的首都。", "plain English"])
-    kb.conn.execute("DROP TRIGGER chunks_cjk_delete")  # what a schema-2 file looked like
-    kb.conn.execute("DROP TABLE chunks_cjk")
-    kb.conn.execute("PRAGMA user_version = 2")
-    kb.close()
-    reopened = KnowledgeBase(path)
+    reopened = KnowledgeBase(_old_file(tmp_path / "old.sqlite", 2,
+                                       ["北京是中国的首都。", "plain English"]))
     try:
         assert reopened.meta()["schema_version"] == str(SCHEMA_VERSION)
         assert reopened.count("chunks_cjk") == 1 and reopened.check() == []
