@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from appliance.errors import ApplianceError, InputError
-from appliance.files import check_output_file, read_text
+from appliance.files import check_output_file, read_text, surrogate_in
 from appliance.types import Answer, page_suffix, strip_controls
 
 __all__ = [
@@ -173,8 +173,16 @@ def _read_jsonl(text: str) -> Iterator[_Row | BadRow]:
         except json.JSONDecodeError as exc:
             yield BadRow(n, f"broken JSON ({exc.msg} at column {exc.colno})")
             continue
+        except RecursionError:
+            yield BadRow(n, "the JSON nests too deeply to read")
+            continue
         if not isinstance(row, dict):
             yield BadRow(n, f"expected a JSON object, got {type(row).__name__}")
+            continue
+        surrogate = surrogate_in(row)
+        if surrogate is not None:  # not text: no answer record could hold it as UTF-8
+            yield BadRow(n, f"field '{surrogate[0]}' holds an unpaired surrogate "
+                            f"({surrogate[1]}), which is not text; fix the escape")
             continue
         if "question" not in row:
             yield BadRow(n, "missing field 'question'")
@@ -299,8 +307,9 @@ _RECORD_START = b'{"id": '
 """How every record line this module writes begins (``json.dumps`` of an Answer record)."""
 
 
-def read_done(journal: Path) -> dict[str, dict[str, Any]]:
-    """Records already in ``journal`` by id; a torn last line (a kill mid-write) is cut off.
+def read_done(journal: Path, *, repair: bool = True) -> dict[str, dict[str, Any]]:
+    """Records already in ``journal`` by id; a torn last line (a kill mid-write) is cut off
+    (with ``repair``; without it the file is only read).
 
     Raises InputError, changing nothing, when the file is not a journal of answer records
     (a complete line that is not a JSON object with a string ``id``, or a torn tail that is
@@ -339,6 +348,8 @@ def read_done(journal: Path) -> dict[str, dict[str, Any]]:
         else:
             raise InputError(f"{journal} is not a batch output (its last line is not an answer "
                              "record); choose another output file or remove it.")
+        if not repair:
+            return done
         with journal.open("r+b") as fh:
             if complete:
                 fh.seek(0, os.SEEK_END)

@@ -14,7 +14,6 @@ good. Answers marked bad without a correction teach nothing and are skipped.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import threading
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from appliance.errors import InputError
-from appliance.files import check_output_file, fsync_dir, write_lines_atomic
+from appliance.files import check_output_file, fsync_dir, same_file, write_lines_atomic
 from appliance.generate import RETRIEVAL_MODES, build_base_prompt, build_rag_prompt
 from appliance.types import Answer, Hit
 
@@ -265,7 +264,6 @@ def _latest(records: Iterable[FeedbackRecord], kb: str | None) -> list[FeedbackR
 
 def _check_export_target(path: Path, store: Path, force: bool) -> None:
     """Refuse to export over the feedback file itself (named so), then as any output."""
-    with contextlib.suppress(OSError):
-        if os.path.abspath(path) == os.path.abspath(store) or os.path.samefile(path, store):
-            raise InputError(f"{path} is the feedback file itself; choose another output file.")
+    if same_file(path, store):
+        raise InputError(f"{path} is the feedback file itself; choose another output file.")
     check_output_file(path, force=force)

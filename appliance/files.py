@@ -1,6 +1,9 @@
 """The user's files that commands read and write.
 
-Inputs are read as UTF-8 text with one sentence naming the line of a bad byte. Outputs
+Inputs (question files, eval sets, SQuAD and BEIR files, training data) must be regular
+files of at most :data:`MAX_INPUT_BYTES`, checked before they are opened (a pipe would block,
+a device never end, a sparse file fill the memory); text is read as UTF-8 with one sentence
+naming the line of a bad byte. Outputs
 (``batch``, ``feedback export``, ``train-data grounded``) are checked before any work: never
 one of the command's inputs, a symlink, folder or device, or (without ``--force``) an
 existing file; they are replaced atomically, so a failed write leaves the old file as it was.
@@ -10,31 +13,122 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from appliance.errors import InputError
 
-__all__ = ["check_output_file", "fsync_dir", "read_text", "write_lines_atomic"]
+__all__ = [
+    "MAX_INPUT_BYTES",
+    "blocked_by",
+    "check_input_file",
+    "check_output_file",
+    "fsync_dir",
+    "read_bytes",
+    "read_text",
+    "same_file",
+    "surrogate_in",
+    "unpaired_surrogate",
+    "write_lines_atomic",
+]
+
+MAX_INPUT_BYTES = 256 * 1024 * 1024
+"""Largest input file read (each is read whole; SQuAD 2.0's training file is 40 MB)."""
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_input_file(path: Path, what: str, max_bytes: int | None = None) -> None:
+    """InputError, before anything is opened, unless ``path`` is a regular file of at most
+    ``max_bytes`` (default :data:`MAX_INPUT_BYTES`). ``what`` completes "give ..." (e.g. "a
+    question file")."""
+    max_bytes = MAX_INPUT_BYTES if max_bytes is None else max_bytes
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist; give {what}.") from None
+    except OSError as exc:
+        raise InputError(f"Cannot read {path}: {exc.strerror or exc}; give {what}.") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{path} is a folder; give {what}.")
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path} is not a regular file (a pipe or a device?); give {what}.")
+    if info.st_size > max_bytes:
+        raise InputError(f"{path} is {info.st_size:,} bytes, over the limit of {max_bytes:,} "
+                         f"for {what}; split it or take a sample of it.")
+
+
+def read_bytes(path: Path, what: str) -> bytes:
+    """The bytes of ``path`` once :func:`check_input_file` passed; InputError otherwise."""
+    check_input_file(path, what)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"Cannot read {path}: {exc.strerror or exc}; give {what}.") from None
 
 
 def read_text(path: Path, what: str) -> str:
-    """The UTF-8 text of ``path`` (a leading BOM dropped); InputError naming the problem
-    and, for a byte that is not UTF-8, its line. ``what`` completes "give ..." (e.g. "a
-    question file")."""
+    """The UTF-8 text of :func:`read_bytes` (a leading BOM dropped); InputError naming the
+    problem and, for a byte that is not UTF-8, its line."""
+    data = read_bytes(path, what)
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"{path} does not exist; give {what}.") from None
-    except IsADirectoryError:
-        raise InputError(f"{path} is a folder; give {what}.") from None
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        line = data[: exc.start].count(b"\n") + 1
         raise InputError(f"{path} is not UTF-8 text (line {line}); save it as UTF-8.") from None
-    except OSError as exc:
-        raise InputError(f"Cannot read {path}: {exc.strerror or exc}.") from None
+
+
+def unpaired_surrogate(text: str) -> str | None:
+    """The first unpaired surrogate of ``text`` as a ``\\udXXX`` escape, else None.
+
+    JSON may spell one (``"\\ud800"``); Python accepts it in a string, but it is not
+    Unicode text and cannot be written as UTF-8, so an input holding one is refused.
+    """
+    found = _SURROGATE.search(text)
+    return None if found is None else f"\\u{ord(found.group()):04x}"
+
+
+def surrogate_in(value: Any) -> tuple[str, str] | None:
+    """(top-level key, escape) of the first unpaired surrogate in any key or string of the
+    parsed JSON ``value`` (the key is ``""`` when ``value`` is not an object); else None."""
+    tops = list(value.items()) if isinstance(value, dict) else [("", value)]
+    for key, top in tops:
+        stack: list[Any] = [key, top]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                bad = unpaired_surrogate(item)
+                if bad is not None:
+                    return key, bad
+            elif isinstance(item, dict):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+    return None
+
+
+def same_file(path: Path | str, other: Path | str) -> bool:
+    """Whether the two paths name one file (the same path, or a link or hard link to it)."""
+    if os.path.abspath(path) == os.path.abspath(other):
+        return True
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return False
+
+
+def blocked_by(path: Path | str) -> Path | None:
+    """For a ``path`` that does not exist yet: its nearest existing ancestor when that is
+    not a folder (so ``path`` cannot be created), else None."""
+    for parent in Path(path).absolute().parents:
+        if os.path.lexists(parent):
+            return None if parent.is_dir() else parent
+    return None
 
 
 def check_output_file(path: Path | str, *, force: bool = False,
@@ -43,19 +137,13 @@ def check_output_file(path: Path | str, *, force: bool = False,
     ``inputs``, not a symlink, folder or device, below a folder (not a file), and, unless
     ``force``, not an existing file."""
     path = Path(path)
-    for given in inputs:
-        same = os.path.abspath(path) == os.path.abspath(given)
-        with contextlib.suppress(OSError):
-            same = same or os.path.samefile(path, given)
-        if same:
-            raise InputError(f"{path} is an input of this command; choose another output file.")
+    if any(same_file(path, given) for given in inputs):
+        raise InputError(f"{path} is an input of this command; choose another output file.")
     if not os.path.lexists(path):
-        for parent in path.absolute().parents:
-            if os.path.lexists(parent):
-                if not parent.is_dir():
-                    raise InputError(f"Cannot write {path}: {parent} is a file, not a folder; "
-                                     "choose another output file.")
-                return
+        blocker = blocked_by(path)
+        if blocker is not None:
+            raise InputError(f"Cannot write {path}: {blocker} is a file, not a folder; "
+                             "choose another output file.")
         return
     if not stat.S_ISREG(os.lstat(path).st_mode):
         raise InputError(f"{path} is a symlink, folder or device, not a regular file; choose "

@@ -88,6 +88,30 @@ def test_read_jsonl_every_bad_row_kind(tmp_path: Path) -> None:
     assert str(bad[0]).startswith("line 3:")
 
 
+def test_deep_json_and_surrogates_are_bad_rows_and_the_rest_is_answered(tmp_path: Path) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text('{"id": "a", "question": "First?"}\n'
+                     f'{{"id": "b", "question": "Deep?", "meta": {deep}}}\n'
+                     '{"id": "c", "question": "What is \\ud800?"}\n'
+                     '{"id": "d", "question": "Q?", "meta": {"x": ["\\udc00"]}}\n'
+                     '{"id": "e", "question": "Last?"}\n', encoding="utf-8")
+    out = tmp_path / "answers.jsonl"
+    summary = run_batch(qfile, out, fake_answer)
+    reasons = {b.line: b.reason for b in summary.bad_rows}
+    assert "nests too deeply" in reasons[2]
+    assert reasons[3].startswith("field 'question' holds an unpaired surrogate (\\ud800)")
+    assert reasons[4].startswith("field 'meta' holds an unpaired surrogate (\\udc00)")
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a", "e"]
+
+
+def test_a_question_file_that_is_a_pipe_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "q.txt"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        read_questions(fifo)
+
+
 def test_read_csv(tmp_path: Path) -> None:
     path = tmp_path / "q.csv"
     with path.open("w", newline="", encoding="utf-8") as fh:
@@ -215,7 +239,9 @@ def test_torn_last_line_is_cut_and_redone(tmp_path: Path) -> None:
     qfile = _questions(tmp_path, 3)
     out = tmp_path / "a.jsonl"
     good = json.dumps(fake_answer(BatchQuestion("q1", "Question number 1?", 1)).to_json())
-    out.write_text(good + "\n" + '{"id": "q2", "question": "Quest', encoding="utf-8")
+    torn = good + "\n" + '{"id": "q2", "question": "Quest'
+    out.write_text(torn, encoding="utf-8")
+    assert set(read_done(out, repair=False)) == {"q1"} and out.read_text() == torn  # a check
     assert set(read_done(out)) == {"q1"}
     assert out.read_text().endswith("}\n")
     summary = run_batch(qfile, out, fake_answer)

@@ -151,7 +151,7 @@ def test_too_long_by_chars_and_by_tokens(tmp_path: Path) -> None:
 
 
 def test_missing_file_and_empty_file(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="Cannot read"):
+    with pytest.raises(InputError, match="does not exist"):
         validate_chat_jsonl(tmp_path / "nope.jsonl")
     (tmp_path / "empty.jsonl").write_text("\n\n", encoding="utf-8")
     report = validate_chat_jsonl(tmp_path / "empty.jsonl")

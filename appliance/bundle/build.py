@@ -48,6 +48,7 @@ from appliance.bundle import keys, verify
 from appliance.bundle.errors import BundleError
 from appliance.bundle.sbom import WheelInfo, build_sbom, wheel_info
 from appliance.config import packaged_models_dir, validate_kb_name
+from appliance.files import blocked_by
 
 if TYPE_CHECKING:
     from appliance.api import Appliance
@@ -578,11 +579,9 @@ def _earlier_bundle(out: Path) -> str | None:
 def _check_out(out: Path) -> None:
     """BundleError unless ``out`` is missing, an empty folder or an earlier bundle."""
     if not os.path.lexists(out):
-        ancestor = out.parent
-        while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
-            ancestor = ancestor.parent
-        if not ancestor.is_dir():
-            raise BundleError(f"Cannot create {out}: {ancestor} is a file, not a folder; give "
+        blocker = blocked_by(out)
+        if blocker is not None:
+            raise BundleError(f"Cannot create {out}: {blocker} is a file, not a folder; give "
                               "--out a folder whose parents are folders.")
         return
     if out.is_symlink() or not out.is_dir():

@@ -23,6 +23,7 @@ from appliance.cli._base import (
 )
 from appliance.config import RetrieveSettings
 from appliance.errors import ApplianceError, InputError, KnowledgeBaseNotFoundError
+from appliance.files import read_text
 from appliance.types import page_suffix, strip_controls
 
 # -- ingest ----------------------------------------------------------------------------------
@@ -97,10 +98,7 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
     if queries is not None:
         if query:
             raise InputError("Give a query or --queries FILE, not both.")
-        try:
-            lines = queries.read_text(encoding="utf-8-sig").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"Cannot read {queries}: {exc}; give a UTF-8 text file.") from exc
+        lines = read_text(queries, "a query file (one query per line)").splitlines()
         items = [q for q in (strip_controls(line).strip() for line in lines) if q]
         if not items:
             raise InputError(f"{queries} holds no query; write one query per line.")

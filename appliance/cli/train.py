@@ -238,7 +238,7 @@ def train_data_grounded(c: AppContext, output: Path, squad: Path, split: str, kb
 
     try:
         articles = load_squad(squad)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:
         raise InputError(f"{squad} is not a SQuAD JSON file: {exc}.") from None
     chosen, held = held_out_articles(articles)
     if split == "all":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,14 +25,9 @@ from typing import Any
 from appliance.config import Settings
 from appliance.errors import InputError
 from appliance.evaluate.metrics import ndcg_at_k, recall_at_k, reciprocal_rank
-from appliance.evaluate.squad import unpaired_surrogate
-from appliance.files import read_text
+from appliance.files import read_text, unpaired_surrogate
 
-__all__ = ["MAX_FILE_BYTES", "SEARCH_MODES", "BeirSet", "evaluate_beir", "load_beir",
-           "score_ranking"]
-
-MAX_FILE_BYTES = 256 * 1024 * 1024
-"""Largest BEIR file read (each file is read whole); a larger one is refused unread."""
+__all__ = ["SEARCH_MODES", "BeirSet", "evaluate_beir", "load_beir", "score_ranking"]
 
 SEARCH_MODES = ("keyword", "vector", "hybrid")
 ProgressFn = Callable[[str, int, int], None]
@@ -50,21 +44,11 @@ class BeirSet:
 
 
 def _readable(path: Path, what: str) -> str:
-    """The text of a BEIR file: InputError, before opening it, when it is missing, not a
-    regular file (a pipe or a device would block or never end) or over the size limit."""
-    try:
-        info = path.stat()
-    except OSError:
-        info = None
-    if info is None or stat.S_ISDIR(info.st_mode):
+    """The text of a BEIR file (:func:`appliance.files.read_text`), saying what a BEIR
+    folder holds when the file is missing."""
+    if not path.exists() or path.is_dir():
         raise InputError(f"{path} is missing; a BEIR folder holds corpus.jsonl, queries.jsonl "
                          "and qrels/test.tsv.")
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{path} is not a regular file (a pipe or a device?); give the BEIR "
-                         f"{what} file itself.")
-    if info.st_size > MAX_FILE_BYTES:
-        raise InputError(f"{path} is {info.st_size:,} bytes, over the limit of "
-                         f"{MAX_FILE_BYTES:,} for a BEIR {what} file; take a sample of it.")
     return read_text(path, f"the BEIR {what} file")
 
 

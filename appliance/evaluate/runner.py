@@ -16,7 +16,6 @@ from which ``articles`` picks ``dev``, ``test`` (the split of
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -47,9 +46,9 @@ from appliance.evaluate.squad import (
     load_squad,
     split_articles,
     squad_corpus_dir,
-    unpaired_surrogate,
     write_corpus,
 )
+from appliance.files import MAX_INPUT_BYTES, blocked_by, check_input_file, same_file
 from appliance.generate import FINE_TUNED_MODES, MODES, RETRIEVAL_MODES
 from appliance.types import Answer
 
@@ -58,7 +57,6 @@ if TYPE_CHECKING:
     from appliance.pipeline import Pipeline
 
 __all__ = [
-    "MAX_SET_BYTES",
     "REPORT_FILES",
     "EvalAnswer",
     "EvalSet",
@@ -76,9 +74,6 @@ ProgressFn = Callable[[str, int, int], None]
 
 RETRIEVAL_K = 10
 MAX_STORED_ANSWER = 400
-MAX_SET_BYTES = 256 * 1024 * 1024
-"""Largest eval set read (SQuAD 2.0's training file is 40 MB); a larger file is refused
-before it is read, so a huge or sparse file cannot fill the memory."""
 REPORT_FILES = ("questions.jsonl", "retrieval.jsonl", "report.json", "report.md",
                 "report.html", *(f"answers-{m}.jsonl" for m in MODES))
 """The files ``eval`` writes in its report folder (journals first resumed, then replaced)."""
@@ -135,31 +130,9 @@ def parse_modes(text: str) -> list[str]:
     return modes
 
 
-def _surrogate_in(value: Any) -> str | None:
-    """The first unpaired surrogate escape in any string of ``value`` (JSON data)."""
-    if isinstance(value, str):
-        return unpaired_surrogate(value)
-    if isinstance(value, dict):
-        value = [*value.keys(), *value.values()]
-    if isinstance(value, list):
-        for item in value:
-            found = _surrogate_in(item)
-            if found is not None:
-                return found
-    return None
-
-
 def _item_from_row(q: BatchQuestion, max_question_chars: int | None = None) -> EvalItem | str:
     """The eval item of one JSONL row, or why the row cannot be used."""
     extra = q.extra
-    for name, value in (("id", q.id), ("question", q.question), *extra.items()):
-        try:
-            bad = _surrogate_in(value)
-        except RecursionError:
-            return f"field '{name}' nests too deeply"
-        if bad is not None:
-            return (f"field '{name}' holds an unpaired surrogate ({bad}), which is not text; "
-                    "fix the escape")
     if max_question_chars is not None and len(q.question) > max_question_chars:
         return (f"the question is {len(q.question):,} characters long, over the limit of "
                 f"{max_question_chars:,} (answer.max_question_chars)")
@@ -224,35 +197,6 @@ def _sample_key(qid: str) -> str:
     return hashlib.sha256(qid.encode("utf-8")).hexdigest()
 
 
-def _check_set_file(path: Path) -> None:
-    """InputError unless ``path`` is a regular file of at most :data:`MAX_SET_BYTES`
-    (checked before opening it: a pipe or a device would block or never end)."""
-    try:
-        info = path.stat()
-    except OSError:
-        raise InputError(f"{path} does not exist or is not a file; give an eval set.") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{path} does not exist or is not a file; give an eval set.")
-    if info.st_size > MAX_SET_BYTES:
-        raise InputError(
-            f"{path} is {info.st_size:,} bytes, over the limit of {MAX_SET_BYTES:,} for an "
-            "eval set; split it or take a sample of its questions."
-        )
-
-
-def _deep_line(path: Path) -> int:
-    """The first line of ``path`` that json cannot parse for nesting too deeply (0: none)."""
-    text = path.read_text(encoding="utf-8-sig")
-    for number, line in enumerate(text.splitlines(), start=1):
-        try:
-            json.loads(line)
-        except RecursionError:
-            return number
-        except ValueError:
-            continue
-    return 0
-
-
 def load_eval_set(path: Path, *, articles: str | None = None, limit: int | None = None,
                   max_question_chars: int | None = None) -> EvalSet:
     """Read an eval-set JSONL, or a SQuAD JSON file (``articles`` picks the split).
@@ -261,20 +205,17 @@ def load_eval_set(path: Path, *, articles: str | None = None, limit: int | None 
     chosen deterministically across the chosen articles (ordered by the sha256 of their
     ids, then kept in file order), so a small sample mixes articles and answerability.
     JSONL rows that cannot be used (see :func:`appliance.batch.read_questions`; also bad
-    gold fields, text with an unpaired surrogate, a question longer than
-    ``max_question_chars``) are reported in ``bad_rows`` with their line numbers. Raises
-    InputError for a file that is not a regular file, is over :data:`MAX_SET_BYTES`, or
-    is not an eval set.
+    gold fields, a question longer than ``max_question_chars``) are reported in
+    ``bad_rows`` with their line numbers. Raises InputError for a file that
+    :func:`appliance.files.check_input_file` refuses, or that is not an eval set.
     """
     path = Path(path)
-    _check_set_file(path)
+    check_input_file(path, "an eval set")
     if path.suffix.lower() == ".json":  # the SQuAD layout
         try:
             all_articles = load_squad(path)
-        except ValueError as exc:  # UnicodeDecodeError included
+        except ValueError as exc:
             raise InputError(f"{path} is not a SQuAD JSON file: {exc}.") from None
-        except OSError as exc:
-            raise InputError(f"Cannot read {path}: {exc.strerror or exc}.") from None
         chosen = select_articles(all_articles, articles or "test")
         items: list[EvalItem] = [
             EvalItem(id=q.id, question=" ".join(q.question.split()), answers=list(q.answers),
@@ -302,12 +243,7 @@ def load_eval_set(path: Path, *, articles: str | None = None, limit: int | None 
         raise InputError(
             f"{path.name}: an eval set is a .jsonl file (or SQuAD .json); rename or convert it."
         )
-    try:
-        questions, bad = read_questions(path)
-    except RecursionError:
-        line = _deep_line(path)
-        raise InputError(f"{path} line {line}: the JSON nests too deeply to read; fix that "
-                         "line.") from None
+    questions, bad = read_questions(path)
     items = []
     for q in questions:
         parsed = _item_from_row(q, max_question_chars)
@@ -329,7 +265,7 @@ def _is_own_file(path: Path) -> bool:
         return True
     if path.name in _JOURNALS:
         try:
-            read_done(path)  # InputError, changing nothing, when not a journal
+            read_done(path, repair=False)  # InputError when not a journal
         except InputError:
             return False
         return True
@@ -347,7 +283,7 @@ def _is_own_file(path: Path) -> bool:
     except ValueError:  # a longer first line (a large format schema): read the line
         with path.open("rb") as fh:
             try:
-                row = json.loads(fh.readline(MAX_SET_BYTES))
+                row = json.loads(fh.readline(MAX_INPUT_BYTES))
             except (ValueError, RecursionError):
                 return False
     return isinstance(row, dict) and {"id", "question", "answers", "answerable"} <= set(row)
@@ -363,12 +299,10 @@ def check_report_dir(out_dir: Path, inputs: Sequence[Path | str] = ()) -> None:
     """
     out_dir = Path(out_dir)
     if not os.path.lexists(out_dir):
-        for parent in out_dir.absolute().parents:
-            if os.path.lexists(parent):
-                if not parent.is_dir():
-                    raise InputError(f"Cannot create {out_dir}: {parent} is a file, not a "
-                                     "folder; choose another -o REPORT_DIR.")
-                return
+        blocker = blocked_by(out_dir)
+        if blocker is not None:
+            raise InputError(f"Cannot create {out_dir}: {blocker} is a file, not a folder; "
+                             "choose another -o REPORT_DIR.")
         return
     if not out_dir.is_dir():
         raise InputError(f"{out_dir} is a file; give a folder for the report.")
@@ -376,13 +310,9 @@ def check_report_dir(out_dir: Path, inputs: Sequence[Path | str] = ()) -> None:
         path = out_dir / name
         if not os.path.lexists(path):
             continue
-        for given in inputs:
-            same = os.path.abspath(path) == os.path.abspath(given)
-            with contextlib.suppress(OSError):
-                same = same or os.path.samefile(path, given)
-            if same:
-                raise InputError(f"{path} is an input of this command (the eval set); move it "
-                                 "out of the report folder or choose another -o REPORT_DIR.")
+        if any(same_file(path, given) for given in inputs):
+            raise InputError(f"{path} is an input of this command (the eval set); move it out "
+                             "of the report folder or choose another -o REPORT_DIR.")
         if not stat.S_ISREG(os.lstat(path).st_mode):
             raise InputError(f"{path} is a symlink, folder or device, not a file eval wrote; "
                              "choose another -o REPORT_DIR or remove it.")

@@ -14,7 +14,7 @@ the default seed the shared file (8 articles, ``/work/shared/data/squad2-dev-a``
 into :data:`DEV_ARTICLES` (1,378 questions, 654 answerable) and :data:`TEST_ARTICLES`
 (1,450 questions, 645 answerable).
 
-Only the standard library and nothing heavy is imported here.
+Only the standard library and :mod:`appliance.files` (the input checks) are imported here.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import stat
 import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -30,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.files import read_text, unpaired_surrogate
+
 __all__ = [
     "DEV_ARTICLES",
-    "MAX_FILE_BYTES",
     "SPLIT_SEED",
     "TEST_ARTICLES",
     "Article",
@@ -49,12 +49,8 @@ __all__ = [
     "split_articles",
     "squad_corpus_dir",
     "token_f1",
-    "unpaired_surrogate",
     "write_corpus",
 ]
-
-MAX_FILE_BYTES = 256 * 1024 * 1024
-"""Largest SQuAD file read (it is read whole; SQuAD 2.0's training file is 40 MB)."""
 
 SPLIT_SEED = 0
 """Seed of :func:`split_articles`; chosen so that dev and test hold similar question counts."""
@@ -112,19 +108,6 @@ class Article:
 # -- loading -------------------------------------------------------------------------------
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def unpaired_surrogate(text: str) -> str | None:
-    """The first unpaired surrogate of ``text`` as a ``\\udXXX`` escape, else None.
-
-    JSON may spell one (``"\\ud800"``); Python accepts it in a string, but it is not
-    Unicode text and cannot be written as UTF-8, so an input holding one is refused.
-    """
-    found = _SURROGATE.search(text)
-    return None if found is None else f"\\u{ord(found.group()):04x}"
-
-
 def _str(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{where}: expected a string, got {type(value).__name__}")
@@ -161,24 +144,12 @@ def load_squad(path: Path) -> list[Article]:
 
     Questions without ``is_impossible`` (SQuAD 1.1) count as answerable; a question
     without an id gets ``<title>-<paragraph>-<question>``. Duplicate answer texts of a
-    question are kept once, in order. Raises ValueError naming the bad field (or the line
-    of a byte that is not UTF-8): a value of the wrong type, an article title that
-    repeats, text with an unpaired surrogate, nesting too deep to parse.
-    A leading BOM is allowed; a file that is not a regular one (a pipe would block, a
-    device never end) or is over :data:`MAX_FILE_BYTES` is refused before it is read.
+    question are kept once, in order. Raises ValueError naming the bad field: a value of
+    the wrong type, an article title that repeats, text with an unpaired surrogate, nesting
+    too deep to parse. The file is read by :func:`appliance.files.read_text` (InputError for
+    a missing, non-regular, oversized or non-UTF-8 file; a leading BOM is allowed).
     """
-    info = Path(path).stat()
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError("not a regular file (a pipe or a device?)")
-    if info.st_size > MAX_FILE_BYTES:
-        raise ValueError(f"{info.st_size:,} bytes, over the limit of {MAX_FILE_BYTES:,}; "
-                         "take a sample of its articles")
-    data = Path(path).read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ValueError(f"not UTF-8 text (line {line}); save it as UTF-8") from None
+    text = read_text(Path(path), "a SQuAD JSON file")
     try:
         raw = json.loads(text)
     except RecursionError:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
-import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import InputError
-from appliance.files import write_lines_atomic
+from appliance.files import read_bytes, unpaired_surrogate, write_lines_atomic
 from appliance.train.errors import TrainingDataError
 
 __all__ = [
@@ -68,9 +66,6 @@ KIND_LABELS = {
 MAX_KEPT_ISSUES = 1000
 """Issues kept in a report (all are counted)."""
 
-MAX_FILE_BYTES = 256 * 1024 * 1024
-"""Largest training file read (it is read whole); a larger one is refused unread."""
-
 MAX_LINE_BYTES = 4 * 1024 * 1024
 """Longest line parsed: more than any example that fits the longest --max-len (131,072
 tokens) in practice; a longer line is ``too_long`` without being parsed."""
@@ -78,8 +73,6 @@ tokens) in practice; a longer line is ``too_long`` without being parsed."""
 MAX_CHARS_PER_TOKEN = 32
 """No real text averages more characters per token: an example with more than ``max_len``
 times this many characters is over ``max_len`` tokens before any tokenizer is loaded."""
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -263,10 +256,10 @@ def check_messages(obj: Any, line: int) -> list[Issue]:
             issues.append(Issue(line, "schema", f"{where}.content",
                                 "missing" if content is None else f"expected a string, got "
                                 f"{_kind(content)}"))
-        elif (bad := _SURROGATE.search(content)) is not None:
+        elif (bad := unpaired_surrogate(content)) is not None:
             issues.append(Issue(line, "schema", f"{where}.content",
-                                f"holds an unpaired surrogate (\\u{ord(bad.group()):04x}), "
-                                "which is not text; fix the escape"))
+                                f"holds an unpaired surrogate ({bad}), which is not text; "
+                                "fix the escape"))
         elif role == "assistant" and not content.strip():
             issues.append(Issue(line, "empty_assistant", f"{where}.content",
                                 "the assistant turn is empty"))
@@ -326,29 +319,11 @@ def validate_chat_jsonl(path: Path | str, *, max_chars: int | None = None,
     a tokenizer (a cheap early check); so does ``max_len`` (tokens) for examples with more
     than ``max_len`` * :data:`MAX_CHARS_PER_TOKEN` characters, which no tokenizer fits in
     ``max_len`` tokens. A line over :data:`MAX_LINE_BYTES` is ``too_long`` unparsed.
-    Raises InputError if the file cannot be read, is not a regular file (checked
-    before opening it: a pipe or a device would block or never end) or is over
-    :data:`MAX_FILE_BYTES`.
+    Raises InputError for a file :func:`appliance.files.read_bytes` refuses (missing, not
+    a regular file, over its size limit, unreadable).
     """
     path = Path(path)
-    try:
-        info = path.stat()
-    except OSError as exc:
-        raise InputError(f"Cannot read {path}: {exc.strerror or exc}; give a readable "
-                         "chat JSONL file.") from exc
-    if stat.S_ISDIR(info.st_mode):
-        raise InputError(f"{path} is a folder; give a chat JSONL file.")
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{path} is not a regular file (a pipe or a device?); give a chat "
-                         "JSONL file.")
-    if info.st_size > MAX_FILE_BYTES:
-        raise InputError(f"{path} is {info.st_size:,} bytes, over the limit of "
-                         f"{MAX_FILE_BYTES:,} for training data; split it into smaller files.")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"Cannot read {path}: {exc.strerror or exc}; give a readable "
-                         "chat JSONL file.") from exc
+    raw = read_bytes(path, "a chat JSONL file")
     report = DataReport(path=str(path), sha256=hashlib.sha256(raw).hexdigest())
     for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
         if number == 1 and line_bytes.startswith(b"\xef\xbb\xbf"):
