@@ -251,7 +251,9 @@ def test_keyword_matches_on_common_words_alone_are_no_evidence() -> None:
 def test_control_characters_are_not_a_question(settings: Settings) -> None:
     gen = FakeGenerator()
     with pytest.raises(InputError, match="empty"):
-        answer("\x00\x07 \x1b", generator=gen, settings=settings, mode="base")
+        answer("\x00\x07 \x1b\x9b\u202e", generator=gen, settings=settings, mode="base")
+    rec = answer("Why\x9b[2J is\u202e it?", generator=gen, settings=settings, mode="base")
+    assert rec.question == "Why[2J is it?"  # C1 codes and bidi overrides dropped too
 
 
 def test_best_hit_of_each_channel_counts(settings: Settings) -> None:
