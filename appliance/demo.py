@@ -12,11 +12,12 @@ __all__ = ["SAMPLE_QUESTIONS", "write_pydoc_corpus"]
 
 SAMPLE_QUESTIONS = [
     "How does the with statement call __exit__?",
-    "What happens when a generator's close() method is called?",
-    "How do I write a conditional expression?",
     "What does the nonlocal statement do?",
-    "Which exceptions does the assert statement raise?",
+    "Which exception does a failing assert statement raise?",
+    "What is the capital of Australia?",
+    "What does the pass statement do?",
 ]
+"""Answerable from the corpus, except the fourth, which shows the answer admitting it."""
 
 
 def write_pydoc_corpus(target: Path) -> int:

@@ -22,26 +22,49 @@ _MODE_HELP = (
 )
 
 
-def _print_sources(answer: Answer) -> None:
+def _closest_lines(answer: Answer) -> list[str]:
+    """One line per closest section: two passages of one section are one line."""
+    seen: set[tuple[str, int | None, str]] = set()
+    lines: list[str] = []
+    for c in answer.closest:
+        key = (c.path, c.page, c.heading)
+        if key in seen:
+            continue
+        seen.add(key)
+        lines.append(f"{os.path.basename(c.path)}{page_suffix(c.page)}  {c.heading}")
+    return lines
+
+
+def print_sources(answer: Answer, full_paths: bool = True) -> None:
+    """Print the cited sources, or, for an abstention, the closest sections."""
     if answer.abstained:
-        if answer.closest:
+        lines = _closest_lines(answer)
+        if lines:
             out.print("[dim]Closest sources:[/]")
-        for c in answer.closest:
-            out.print(f"  [dim]- {lit(os.path.basename(c.path))}{page_suffix(c.page)}  "
-                      f"{lit(c.heading)}[/]")
+        for line in lines:
+            out.print(f"  [dim]- {lit(line)}[/]")
         return
     if not answer.citations:
         out.print("[yellow]No source cited.[/]")
     for c in answer.citations:
-        out.print(f"  [bold]\\[{c.n}][/] {lit(c.path)}{page_suffix(c.page)}  "
+        path = c.path if full_paths else os.path.basename(c.path)
+        out.print(f"  [bold]\\[{c.n}][/] {lit(path)}{page_suffix(c.page)}  "
                   f"[green]{lit(c.heading)}[/]")
 
 
-def _timing_line(answer: Answer) -> str:
+def timing_line(answer: Answer) -> str:
+    """``mode · model · seconds (search, generate) · tokens/s``, or why nothing was generated."""
     t = answer.timings_ms
-    return (f"{answer.mode} · {answer.model} · {t.get('total', 0) / 1000:.1f} s "
-            f"(search {t.get('embed', 0) + t.get('search', 0):.0f} ms, generate "
-            f"{t.get('generate', 0) / 1000:.1f} s) · {answer.tokens_per_s:.1f} tokens/s")
+    head = (f"{answer.mode} · {answer.model} · {t.get('total', 0) / 1000:.1f} s "
+            f"(search {t.get('embed', 0) + t.get('search', 0):.0f} ms")
+    if "abstained:retrieval" in answer.flags:
+        return head + "; not generated: no passage scored close enough to the question)"
+    if "abstained:no_hits" in answer.flags:
+        return head + "; not generated: the knowledge base returned no passage)"
+    if not answer.tokens.get("completion"):
+        return head + "; nothing generated)"
+    return (head + f", generate {t.get('generate', 0) / 1000:.1f} s) · "
+            f"{answer.tokens_per_s:.1f} tokens/s")
 
 
 @cli.command()
@@ -87,8 +110,8 @@ def ask(c: AppContext, question: str, kb: str, mode: str | None, model: str | No
                       "keeps the text before the repeat)[/]")
     else:
         out.print(answer.answer, markup=False)
-    _print_sources(answer)
-    err.print(f"[dim]{lit(_timing_line(answer))}[/]")
+    print_sources(answer)
+    err.print(f"[dim]{lit(timing_line(answer))}[/]")
 
 
 @cli.command()

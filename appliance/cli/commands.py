@@ -143,8 +143,9 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
 @click.option("--kb", default="demo", show_default=True, help="Knowledge base to build.")
 @click.option("--corpus", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to write the corpus [default: DATA_DIR/demo/pydoc-topics].")
-@click.option("--answers", type=click.IntRange(0, 5), default=3, show_default=True,
-              help="How many sample questions to answer.")
+@click.option("--answers", type=click.IntRange(0, 5), default=4, show_default=True,
+              help="How many sample questions to answer (the fourth is not in the corpus: "
+                   "the answer says so).")
 @click.option("--model", default=None, help="Answer model id [default: the registry's].")
 @pass_ctx
 def demo(c: AppContext, kb: str, corpus: Path | None, answers: int, model: str | None) -> None:
@@ -153,6 +154,7 @@ def demo(c: AppContext, kb: str, corpus: Path | None, answers: int, model: str |
     The corpus (79 documents from the standard library's pydoc_data) is written as files,
     ingested with the real embedder, then sample questions are answered with citations.
     """
+    from appliance.cli.answer import print_sources, timing_line
     from appliance.demo import SAMPLE_QUESTIONS, write_pydoc_corpus
 
     target = corpus or c.app.settings.home / "demo" / "pydoc-topics"
@@ -171,13 +173,8 @@ def demo(c: AppContext, kb: str, corpus: Path | None, answers: int, model: str |
             out.print(f"\n[bold cyan]? {lit(q)}[/]")
             answer = pipeline.ask(q, kb=kb, model=model)
             out.print(answer.answer, markup=False)
-            for cite in answer.citations:
-                out.print(f"  [bold]\\[{cite.n}][/] {lit(os.path.basename(cite.path))}"
-                          f"{page_suffix(cite.page)}  "
-                          f"[green]{lit(cite.heading)}[/]")
-            t = answer.timings_ms
-            out.print(f"  [dim]{lit(answer.model)}: {t.get('total', 0) / 1000:.1f} s, "
-                      f"{answer.tokens_per_s:.1f} tokens/s[/]")
+            print_sources(answer, full_paths=False)
+            out.print(f"  [dim]{lit(timing_line(answer))}[/]")
     finally:
         pipeline.close()
     out.print(f"\nAsk your own: [bold]appliance ask \"...\" --kb {lit(kb)}[/]  "
