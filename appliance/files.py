@@ -27,6 +27,7 @@ __all__ = [
     "blocked_by",
     "check_input_file",
     "check_output_file",
+    "format_bytes",
     "fsync_dir",
     "read_bytes",
     "read_text",
@@ -40,6 +41,19 @@ MAX_INPUT_BYTES = 256 * 1024 * 1024
 """Largest input file read (each is read whole; SQuAD 2.0's training file is 40 MB)."""
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in 1024-based units for a message or a table: ``25.0 MB``, ``5.1 GB``."""
+    units = ("bytes", "KB", "MB", "GB", "TB")
+    value = float(n)
+    i = 0
+    while value >= 1024 and i < len(units) - 1:
+        value /= 1024
+        i += 1
+    if i == 0:
+        return f"{int(n)} bytes"
+    return f"{value:.1f} {units[i]}" if value < 100 else f"{value:.0f} {units[i]}"
 
 
 def check_input_file(path: Path, what: str, max_bytes: int | None = None) -> None:

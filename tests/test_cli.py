@@ -125,3 +125,20 @@ def test_search_shows_the_page_of_a_pdf_hit(tmp_path: Path) -> None:
     assert run_cli("ingest", str(docs), "--kb", "p", home=home).returncode == 0
     proc = run_cli("search", "pump serviced hours", "--kb", "p", "--k", "1", home=home)
     assert proc.returncode == 0 and "manual.pdf p. 2" in proc.stdout
+
+
+def test_models_list_shows_whole_ids_and_which_modes_each_generator_answers(
+        tmp_path: Path) -> None:
+    user = tmp_path / "models"
+    user.mkdir()
+    (user / "manifest.toml").write_text(
+        '[[model]]\nid = "my-tuned-model-with-a-rather-long-name-q8_0"\nrole = "generator"\n'
+        'format = "gguf"\nfile = "gone.gguf"\nsha256 = "' + "0" * 64 + '"\ndefault = true\n'
+        'lineage = { base = "qwen2.5-coder-0.5b-instruct-q4_k_m" }\n', encoding="utf-8")
+    proc = run_cli("models", "list", home=tmp_path, check=True)  # COLUMNS=120
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
+    assert rows["qwen2.5-coder-0.5b-instruct-q4_k_m"].rstrip().endswith("base/rag")
+    mine = rows["my-tuned-model-with-a-rather-long-name-q8_0"]  # whole, not cut with …
+    assert "missing" in mine and mine.rstrip().endswith("ft/hybrid")
+    assert "ft/hybrid" not in rows["qwen2.5-coder-0.5b-grounded-q8_0"]  # the user's default won
+    assert "embedder" in rows["minilm-l6-v2-int8"].split("packaged")[1]

@@ -9,8 +9,9 @@ import pytest
 
 from appliance.config import IngestSettings
 from appliance.errors import DocumentError
+from appliance.files import format_bytes
 from appliance.ingest.chunking import Chunker
-from appliance.ingest.loaders import format_bytes, load_document
+from appliance.ingest.loaders import load_document
 from appliance.types import LoadedDocument
 from tests.fakes import word_tokenizer
 from tests.hostile import (

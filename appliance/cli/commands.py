@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -9,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
+from rich import box
+from rich.table import Column, Table
 
 from appliance.cli._base import (
     AppContext,
@@ -23,6 +25,7 @@ from appliance.cli._base import (
 )
 from appliance.config import RetrieveSettings
 from appliance.errors import ApplianceError, InputError, KnowledgeBaseNotFoundError
+from appliance.files import format_bytes as human_size
 from appliance.files import read_text
 from appliance.types import page_suffix, strip_controls
 
@@ -213,7 +216,7 @@ def kb_list(c: AppContext, as_json: bool) -> None:
             table.add_row(lit(s["name"]), "", "", "", f"[red]unreadable:[/] {lit(s['error'])}")
             continue
         table.add_row(lit(s["name"]), str(s["documents"]), str(s["chunks"]),
-                      f"{s['size_bytes'] / 1e6:.1f} MB", lit(s["embedder"]))
+                      human_size(s["size_bytes"]), lit(s["embedder"]))
     out.print(table)
     if any("error" in s for s in stats):
         sys.exit(3)
@@ -283,15 +286,29 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print every entry as JSON.")
 @pass_ctx
 def models_list(c: AppContext, as_json: bool) -> None:
-    """List packaged and user models."""
+    """List packaged and user models: size (or missing), and which modes each generator
+    answers by default (`--model ID` picks another)."""
     entries = list(c.app.registry)
     if as_json:
         click.echo(json.dumps([e.to_json() for e in entries], indent=2))
         return
-    table = Table("id", "role", "origin", "default", "size", "present")
+    # ids are what --model takes: never cut them short, let the other columns give way
+    table = Table(*(Column(h, no_wrap=True) for h in ("id", "role", "origin")),
+                  Column("size", justify="right", no_wrap=True), Column("default", no_wrap=True),
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    from appliance.generate import MODES, generator_id
+
+    uses: dict[str, list[str]] = {}
+    for mode in MODES:
+        with contextlib.suppress(ApplianceError):  # no fine-tuned model: ft/hybrid unused
+            uses.setdefault(generator_id(c.app.registry, c.app.settings, mode), []).append(mode)
     for e in entries:
-        table.add_row(lit(e.id), e.role, e.origin, "yes" if e.default else "",
-                      f"{(e.size or 0) / 1e6:.0f} MB", "yes" if e.path.is_file() else "[red]no[/]")
+        if e.role == "generator":
+            default = "/".join(uses.get(e.id, []))
+        else:
+            default = e.role if e.default else ""
+        size = human_size(e.size or 0) if e.path.is_file() else "[red]missing[/]"
+        table.add_row(lit(e.id), e.role, e.origin, size, default)
     out.print(table)
 
 

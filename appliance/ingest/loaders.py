@@ -25,9 +25,10 @@ from typing import Any
 
 from appliance.config import IngestSettings
 from appliance.errors import DocumentError
+from appliance.files import format_bytes
 from appliance.types import LoadedDocument, Section
 
-__all__ = ["LOADERS", "format_bytes", "load_document"]
+__all__ = ["LOADERS", "load_document"]
 
 # ---------------------------------------------------------------------------------------
 # shared helpers
@@ -41,19 +42,6 @@ _TRAILING_WS = re.compile(r"[ \t\f\v\u00a0]+$", re.MULTILINE)
 _MANY_BLANKS = re.compile(r"\n{4,}")
 _NEWLINES = re.compile(r"\r\n?|[\u2028\u2029\x85]")
 _INLINE_WS = re.compile(r"\s+")
-
-
-def format_bytes(n: float) -> str:
-    """``n`` bytes for a reason line, in 1024-based units: ``25.0 MB``, ``200 MB``, ``5.1 GB``."""
-    units = ("bytes", "KB", "MB", "GB", "TB")
-    value = float(n)
-    i = 0
-    while value >= 1024 and i < len(units) - 1:
-        value /= 1024
-        i += 1
-    if i == 0:
-        return f"{int(n)} bytes"
-    return f"{value:.1f} {units[i]}" if value < 100 else f"{value:.0f} {units[i]}"
 
 
 def _short(exc: BaseException, limit: int = 120) -> str:

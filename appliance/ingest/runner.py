@@ -19,8 +19,9 @@ from pathlib import Path
 
 from appliance.config import IngestSettings
 from appliance.errors import DocumentError, InputError
+from appliance.files import format_bytes
 from appliance.ingest.chunking import Chunker, embed_text
-from appliance.ingest.loaders import format_bytes, path_reason
+from appliance.ingest.loaders import path_reason
 from appliance.ingest.sandbox import LoaderSandbox
 from appliance.store import KnowledgeBase
 from appliance.types import Embedder, FailedFile, IngestReport

@@ -33,7 +33,8 @@ from typing import Any
 
 from appliance.config import IngestSettings
 from appliance.errors import DocumentError
-from appliance.ingest.loaders import format_bytes, load_document
+from appliance.files import format_bytes
+from appliance.ingest.loaders import load_document
 from appliance.types import LoadedDocument
 
 __all__ = ["LoaderFn", "LoaderSandbox"]
