@@ -442,3 +442,24 @@ def test_docx_zip_without_word_document(tmp_path: Path) -> None:
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("hello.txt", "hi")
     assert reason(path).startswith("not a Word .docx file")
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("list.md", "# Release checklist\n\n## Tag the release\n\n## Publish wheels\n"),
+    ("list.rst", "Release checklist\n=================\n\nTag the release\n---------------\n\n"
+                 "Publish wheels\n--------------\n"),
+    ("list.html", "<html><body><h1>Release checklist</h1><h2>Tag the release</h2>"
+                  "<h2>Publish wheels</h2></body></html>"),
+])
+def test_a_document_of_headings_alone_is_its_outline(tmp_path: Path, name: str,
+                                                     content: str) -> None:
+    doc = load(write(tmp_path, name, content))
+    assert [s.text.split() for s in doc.sections] == [
+        ["Release", "checklist", "Tag", "the", "release", "Publish", "wheels"]]
+    chunks = Chunker(word_tokenizer(), max_tokens=64, overlap=8).chunk(doc)
+    assert len(chunks) == 1 and "Publish wheels" in chunks[0].text
+
+
+def test_headings_with_text_are_not_repeated_as_an_outline(tmp_path: Path) -> None:
+    doc = load(write(tmp_path, "a.md", "# Guide\n\n## Install\n\nRun setup.\n\n## Empty\n"))
+    assert all_text(doc) == "Run setup."

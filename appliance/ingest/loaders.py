@@ -165,22 +165,33 @@ class _Sections:
     """Collects sections under a heading path kept by level."""
 
     def __init__(self) -> None:
-        self.sections: list[Section] = []
+        self._sections: list[Section] = []
         self._stack: list[tuple[int, str]] = []
+        self._outline: list[str] = []
 
     @property
     def path(self) -> tuple[str, ...]:
         return tuple(title for _, title in self._stack)
 
+    @property
+    def sections(self) -> list[Section]:
+        """The sections with text; a document of headings alone (a checklist, a skeleton
+        page) is one section of its headings, so it is searchable rather than empty."""
+        if self._sections or not self._outline:
+            return self._sections
+        return [Section(_tidy("\n".join(self._outline)), ())]
+
     def heading(self, level: int, title: str) -> None:
         while self._stack and self._stack[-1][0] >= level:
             self._stack.pop()
         self._stack.append((level, title))
+        if title.strip():
+            self._outline.append(title)
 
     def add(self, text: str, page: int | None = None, path: tuple[str, ...] | None = None) -> None:
         text = _tidy(text)
         if text.strip():
-            self.sections.append(Section(text, self.path if path is None else path, page))
+            self._sections.append(Section(text, self.path if path is None else path, page))
 
 
 def _title_heads(title: str, sections: list[Section]) -> list[Section]:
