@@ -34,6 +34,7 @@ __all__ = [
     "same_file",
     "surrogate_in",
     "unpaired_surrogate",
+    "write_atomic",
     "write_lines_atomic",
 ]
 
@@ -175,6 +176,33 @@ def fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_atomic(path: Path | str, data: str | bytes, mode: int | None = None) -> None:
+    """Replace ``path`` with ``data`` (text as UTF-8) all at once: written to a temporary
+    file beside it, synced, then renamed over it, so a crash leaves the old file or the
+    new one, never part of either.
+
+    ``mode`` sets the permissions from the file's creation on (a private key is never
+    readable by others, even briefly); by default 0666 less the umask. Missing parent
+    folders are made. An OSError propagates, and the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)  # the umask may have taken bits off at creation
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
 
 
 def write_lines_atomic(path: Path | str, lines: Iterable[str]) -> int:

@@ -212,14 +212,14 @@ def test_failed_install_takes_back_what_it_wrote(
         _earlier_install(prefix)
     before = _tree(prefix)
     (prefix / "releases" / NEW).mkdir(parents=True)  # install.sh removes it on failure
-    real = install_mod._write_atomic
+    real = install_mod.write_atomic
 
-    def disk_full(path: Path, data: bytes, mode: int = 0o644) -> None:
+    def disk_full(path: Path, data: str | bytes, mode: int | None = None) -> None:
         if path.name == "state.json":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real(path, data, mode)
 
-    monkeypatch.setattr(install_mod, "_write_atomic", disk_full)
+    monkeypatch.setattr(install_mod, "write_atomic", disk_full)
     rc = install_mod.main(["--bundle", str(bundle), "--prefix", str(prefix), "--release",
                            str(prefix / "releases" / NEW), "--no-doctor"])
     err = capsys.readouterr().err

@@ -51,6 +51,7 @@ from appliance.bundle.verify import (
     read_manifest,
     read_state,
 )
+from appliance.files import write_atomic
 
 __all__ = ["kb_fingerprint", "main", "wrapper_script"]
 
@@ -76,14 +77,6 @@ APPLIANCE_MODELS_DIR="$APPLIANCE_PREFIX/current/models"
 export APPLIANCE_HOME APPLIANCE_MODELS_DIR
 exec "$APPLIANCE_PREFIX/current/venv/bin/appliance" "$@"
 """
-
-
-def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(mode)
-    os.replace(tmp, path)
 
 
 def _remove(path: Path) -> None:
@@ -284,7 +277,7 @@ def _recorded_releases(state: dict[str, Any]) -> set[str]:
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
-    _write_atomic(path, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(path, json.dumps(state, indent=2, sort_keys=True) + "\n", 0o644)
 
 
 def _prune(prefix: Path, keep: str, created: set[str]) -> list[str]:
@@ -387,7 +380,7 @@ def _place(bundle: Path, prefix: Path, release: Path, entries: list[Entry], data
     wrapper = prefix / "bin" / "appliance"
     undo.mkdir(wrapper.parent)
     undo.keep_copy(wrapper)
-    _write_atomic(wrapper, wrapper_script(prefix).encode(), 0o755)
+    write_atomic(wrapper, wrapper_script(prefix), 0o755)
     state_path = prefix / STATE
     undo.keep_copy(state_path)
     manifest_sha = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()

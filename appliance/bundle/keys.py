@@ -8,7 +8,6 @@ whoever installs bundles, through a channel other than the stick.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from appliance.bundle.errors import BundleError
 from appliance.bundle.verify import fingerprint
 from appliance.config import data_dir
+from appliance.files import write_atomic
 
 __all__ = ["KEY_NAME", "KeyPair", "default_key_dir", "generate", "load_private_key", "sign"]
 
@@ -62,12 +62,7 @@ def generate(out_dir: Path | None = None, *, force: bool = False) -> KeyPair:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for path, data, mode in ((private, pem, 0o600), (public, _public_pem(key), 0o644)):
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
+            write_atomic(path, data, mode)
     except OSError as exc:
         raise BundleError(f"Cannot write the key pair to {out_dir}: {exc.strerror or exc}; "
                           "choose another folder with --out.") from exc

@@ -16,12 +16,12 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from appliance.evaluate.metrics import Difference, paired_difference
+from appliance.files import write_atomic
 
 __all__ = [
     "COMPARISONS",
@@ -701,19 +701,13 @@ def render_html(report: Mapping[str, Any]) -> str:
     return "\n".join(s) + "\n"
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_reports(report: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and ``report.html`` under ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "report.json", "md": out_dir / "report.md",
              "html": out_dir / "report.html"}
-    _write(paths["json"], json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    _write(paths["md"], render_markdown(report))
-    _write(paths["html"], render_html(report))
+    write_atomic(paths["json"], json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(paths["md"], render_markdown(report))
+    write_atomic(paths["html"], render_html(report))
     return paths

@@ -48,7 +48,13 @@ from appliance.evaluate.squad import (
     squad_corpus_dir,
     write_corpus,
 )
-from appliance.files import MAX_INPUT_BYTES, blocked_by, check_input_file, same_file
+from appliance.files import (
+    MAX_INPUT_BYTES,
+    blocked_by,
+    check_input_file,
+    same_file,
+    write_atomic,
+)
 from appliance.generate import FINE_TUNED_MODES, MODES, RETRIEVAL_MODES
 from appliance.types import Answer
 
@@ -371,12 +377,6 @@ def resolve_models(
     return ids, skipped
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _append(path: Path, record: Mapping[str, Any]) -> None:
     with path.open("ab") as fh:
         fh.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
@@ -487,7 +487,7 @@ def run_eval(
     for mode, model_id in ids.items():
         _check_journal(out_dir / f"answers-{mode}.jsonl", by_id, model_id)
     set_path = out_dir / "questions.jsonl"
-    _write_atomic(set_path, "".join(json.dumps(i.to_json(), ensure_ascii=False) + "\n"
+    write_atomic(set_path, "".join(json.dumps(i.to_json(), ensure_ascii=False) + "\n"
                                     for i in items))
     app = pipeline.app
     notes: list[str] = []

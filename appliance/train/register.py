@@ -28,6 +28,7 @@ from typing import Any
 
 from appliance.config import Settings
 from appliance.errors import ConfigError, InputError, ModelNotFoundError
+from appliance.files import write_atomic
 from appliance.models.registry import ModelEntry, Registry, sha256_file, valid_model_id
 from appliance.train.errors import ModelExistsError
 
@@ -167,13 +168,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 def write_manifest(path: Path, doc: dict[str, Any], header: str = HEADER) -> None:
     """Write ``doc`` as a manifest atomically (checked, fsynced, renamed over ``path``)."""
-    text = dump_manifest(doc, header)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, dump_manifest(doc, header))
 
 
 def register_model(
