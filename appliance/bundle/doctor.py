@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.config import packaged_models_dir
 from appliance.errors import ApplianceError
+from appliance.files import format_bytes
 from appliance.models.registry import sha256_file
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ def run_doctor(
         if bad:
             raise ApplianceError(f"model files do not match the manifest: {', '.join(bad)}; "
                                  "reinstall the bundle.")
-        return f"{len(entries)} files, {size / 1e6:.0f} MB, every sha256 matches"
+        return f"{len(entries)} files, {format_bytes(size)}, every sha256 matches"
 
     if not add(_timed("models", models)).ok:
         return checks

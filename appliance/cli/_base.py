@@ -26,7 +26,7 @@ from appliance.config import load_settings
 if TYPE_CHECKING:
     from appliance.api import Appliance
 
-__all__ = ["cli", "describe", "err", "lit", "out", "pass_ctx", "progress_bar"]
+__all__ = ["cli", "confirm", "describe", "err", "lit", "out", "pass_ctx", "progress_bar"]
 
 
 def lit(value: object) -> str:
@@ -78,7 +78,29 @@ class AppContext:
 pass_ctx = click.make_pass_decorator(AppContext)
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """A group whose command list never cuts a description short with "...".
+
+    click shortens each command's first sentence to fit one line of its listing; at 80
+    columns that cut most of them mid-phrase. Here a command's ``short_help`` (or, without
+    one, its whole first sentence) is listed and wrapped instead.
+    """
+
+    group_class = type  # subgroups (kb, models, ...) list their commands the same way
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=1_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=_Group, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.version_option(package_name="appliance")
 @click.pass_context
@@ -87,6 +109,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
     Data (knowledge bases, feedback, trained models) lives in $APPLIANCE_HOME, else the
     platform's user data directory. Nothing here uses the network.
+
+    Exit codes: 1 some items failed, 2 bad input or settings, 3 knowledge base, 4 nothing
+    ingested, 5 model, 6 training or bundle, 7 a doctor check failed, 130 interrupted, 70
+    unexpected (--debug shows the traceback).
     """
     ctx.obj = AppContext(debug)
     if ctx.invoked_subcommand is None:
@@ -96,6 +122,27 @@ def cli(ctx: click.Context, debug: bool) -> None:
             run_tui(ctx.obj.app)
         else:
             click.echo(ctx.get_help())
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask ``question`` unless ``yes``; exit 1 when declined. With no answer to read (stdin
+    at its end, as in a script or cron job) it says to pass --yes instead of "Aborted."."""
+    from appliance.errors import InputError
+
+    if yes:
+        return
+    try:
+        agreed = click.confirm(question, err=True)
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__context__, EOFError):
+            err.print()
+            raise InputError("No answer to the confirmation could be read (standard input "
+                             "is not a terminal); nothing was removed, pass --yes to "
+                             "remove without asking.") from None
+        raise
+    if not agreed:
+        err.print("Nothing was removed.")
+        sys.exit(1)
 
 
 @contextmanager

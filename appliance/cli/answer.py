@@ -67,7 +67,7 @@ def timing_line(answer: Answer) -> str:
             f"{answer.tokens_per_s:.1f} tokens/s")
 
 
-@cli.command()
+@cli.command(short_help="Answer a question from a knowledge base, with citations.")
 @click.argument("question")
 @click.option("--kb", default="default", show_default=True, help="Knowledge base to answer from.")
 @click.option("--mode", type=click.Choice(MODES), default=None, help=_MODE_HELP)
@@ -80,6 +80,10 @@ def ask(c: AppContext, question: str, kb: str, mode: str | None, model: str | No
 
     The answer streams as it is generated, then the cited sources are listed. When the
     documents do not contain the answer it says so and shows the closest sources.
+
+    \b
+    Example:
+      appliance ask "How often must the pump be serviced?" --kb manual
     """
     pipeline = Pipeline(c.app)
     streamed = False
@@ -114,7 +118,7 @@ def ask(c: AppContext, question: str, kb: str, mode: str | None, model: str | No
     err.print(f"[dim]{lit(timing_line(answer))}[/]")
 
 
-@cli.command()
+@cli.command(short_help="Answer a file of questions into .jsonl, .csv or .md.")
 @click.argument("questions", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Answers file: .jsonl (default), .csv or .md.")
@@ -131,6 +135,10 @@ def batch(c: AppContext, questions: Path, output: Path, fmt: str | None, kb: str
     .txt: one question per line; .jsonl: {"id", "question", ...}; .csv: a `question` column
     (optional `id`). Resumable: a rerun skips ids already answered, and a kill loses at most
     the question in flight. Bad rows are reported with their line numbers and skipped.
+
+    \b
+    Example:
+      appliance batch questions.txt -o answers.jsonl --kb manual
     """
     from rich.progress import (
         BarColumn,
@@ -163,11 +171,18 @@ def batch(c: AppContext, questions: Path, output: Path, fmt: str | None, kb: str
         pipeline.close()
     for bad in summary.bad_rows:
         err.print(f"[yellow]skipped[/] {lit(bad)}")
-    s = summary.to_json()
-    out.print(f"[bold]{lit(output)}[/]: {s.get('answered', 0)} answered, "
-              f"{s.get('abstained', 0)} abstained, {len(summary.failed)} failed, "
-              f"{s.get('skipped', 0)} already done, {len(summary.bad_rows)} bad rows; "
-              f"p50 {summary.p50_ms / 1000:.1f} s, p95 {summary.p95_ms / 1000:.1f} s, "
-              f"{summary.tokens_per_s:.1f} tokens/s")
+    # "answered" counts abstentions too: say so, so the counts do not read as disjoint
+    out.print(f"[bold]{lit(output)}[/]")  # whole, on its own line
+    out.print(f"  {summary.answered} answered ({summary.abstained} of them abstained), "
+              f"{len(summary.failed)} failed, {summary.skipped} already done, "
+              f"{len(summary.bad_rows)} bad rows")
+    if summary.latencies_ms:
+        speed = (f", {summary.tokens_per_s:.1f} tokens/s" if summary.completion_tokens
+                 else ", nothing generated")
+        out.print(f"  latency p50 {summary.p50_ms / 1000:.1f} s, p95 "
+                  f"{summary.p95_ms / 1000:.1f} s{speed}")
+    elif not summary.failed:
+        out.print("  nothing left to answer: every question already has its answer in the "
+                  "output", markup=False)
     if summary.failed:
         sys.exit(1)

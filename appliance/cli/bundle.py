@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from appliance.cli._base import AppContext, cli, err, lit, out, pass_ctx
+from appliance.files import format_bytes
 
 _PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -22,7 +23,7 @@ def bundle() -> None:
     """
 
 
-@bundle.command("build")
+@bundle.command("build", short_help="Build a signed offline bundle folder.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the bundle to (new or empty, or an earlier bundle).")
 @click.option("--kb", "kbs", multiple=True, metavar="NAME",
@@ -51,7 +52,7 @@ def bundle_build(c: AppContext, out_dir: Path, kbs: tuple[str, ...], models: tup
         click.echo(json.dumps(report.to_json()))
         return
     out.print(f"[bold green]Bundle written[/] to {lit(report.out)}: {report.files} files, "
-              f"{report.bytes / 1e6:.0f} MB, {report.wheels} wheels, models "
+              f"{format_bytes(report.bytes)}, {report.wheels} wheels, models "
               f"{', '.join(report.models)}; knowledge bases {', '.join(report.kbs) or 'none'} "
               f"({report.seconds:.0f} s)")
     out.print(f"signed by {report.signer}", markup=False)
@@ -60,7 +61,7 @@ def bundle_build(c: AppContext, out_dir: Path, kbs: tuple[str, ...], models: tup
               f"sh {report.out}/install.sh --trusted-key bundle-signing.pub")
 
 
-@bundle.command("keygen")
+@bundle.command("keygen", short_help="Create the ed25519 key pair that signs bundles.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the key pair [default: DATA_DIR/keys].")
 @click.option("--force", is_flag=True, help="Replace an existing key pair.")
@@ -75,7 +76,8 @@ def bundle_keygen(out_dir: Path | None, force: bool) -> None:
     out.print(f"fingerprint {pair.fingerprint}")
 
 
-@bundle.command("verify")
+@bundle.command("verify",
+                short_help="Check a bundle's files against its MANIFEST and signature.")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--trusted-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The builder's public key (.pub): proves where the bundle comes from.")
@@ -100,7 +102,7 @@ def bundle_verify(directory: Path, trusted_key: Path | None, trusted_fingerprint
         click.echo(json.dumps({"ok": True, "files": report.files, "bytes": report.bytes,
                                "signer": report.signer, "trusted": report.trusted}))
         return
-    out.print(f"[green]ok[/] {report.files} files, {report.bytes / 1e6:.0f} MB: every sha256 "
+    out.print(f"[green]ok[/] {report.files} files, {format_bytes(report.bytes)}: every sha256 "
               "matches the MANIFEST, and the signature is valid")
     if report.trusted:
         out.print(f"[green]origin[/] signed by the trusted key {lit(report.signer)}")
@@ -110,7 +112,7 @@ def bundle_verify(directory: Path, trusted_key: Path | None, trusted_fingerprint
                   "to check where it comes from)")
 
 
-@cli.command()
+@cli.command(short_help="Check this installation: CPU, models, knowledge bases.")
 @click.option("--model", default=None, metavar="ID",
               help="Generator to load and ask [default: the default answer model].")
 @click.option("--kb", "kbs", multiple=True, metavar="NAME",

@@ -16,6 +16,7 @@ from rich.table import Column, Table
 from appliance.cli._base import (
     AppContext,
     cli,
+    confirm,
     describe,
     err,
     lit,
@@ -32,7 +33,7 @@ from appliance.types import page_suffix, strip_controls
 # -- ingest ----------------------------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(short_help="Add files and folders to a knowledge base.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--kb", default="default", show_default=True, help="Knowledge base to write.")
 @click.option("--collection", default="default", show_default=True,
@@ -48,6 +49,10 @@ def ingest(c: AppContext, paths: tuple[Path, ...], kb: str, collection: str, pru
     Unchanged files are skipped by content hash, changed files replaced. Files that cannot
     be read are listed with a reason and the rest goes on. Exit 0 when the run completed,
     4 when nothing could be ingested, 1 with --strict when any file failed.
+
+    \b
+    Example:
+      appliance ingest docs/ manual.pdf --kb manual
     """
     with progress_bar("Ingesting", not as_json) as update:
         report = c.app.ingest(list(paths), kb=kb, collection=collection, prune=prune,
@@ -79,13 +84,14 @@ def ingest(c: AppContext, paths: tuple[Path, ...], kb: str, collection: str, pru
 # -- search ----------------------------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(short_help="Search a knowledge base (retrieval only, no answer).")
 @click.argument("query", required=False)
 @click.option("--kb", default="default", show_default=True, help="Knowledge base to search.")
 @click.option("--k", "k", type=click.IntRange(1, 100), default=None,
               help=describe(RetrieveSettings, "k") + " [default: 5]")
 @click.option("--mode", type=click.Choice(["hybrid", "vector", "keyword"]), default=None,
-              help=describe(RetrieveSettings, "mode") + " [default: hybrid]")
+              help="vector: embedding similarity; keyword: FTS5 bm25; hybrid: both, fused "
+                   "[default: retrieve.mode, hybrid].")
 @click.option("--collection", default=None, help="Only search this collection.")
 @click.option("--path-prefix", default=None, help="Only search documents under this path.")
 @click.option("--queries", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -97,7 +103,15 @@ def ingest(c: AppContext, paths: tuple[Path, ...], kb: str, collection: str, pru
 def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str | None,
            collection: str | None, path_prefix: str | None, queries: Path | None,
            rerank: bool | None, as_json: bool) -> None:
-    """Search a knowledge base (no generation): the chunks an answer would be built from."""
+    """Search a knowledge base (no generation): the chunks an answer would be built from.
+
+    Each hit shows its file, its heading path and its score (fused from the cosine
+    similarity, cos, and the keyword relevance, bm25).
+
+    \b
+    Example:
+      appliance search "how often is the pump serviced" --kb manual --k 3
+    """
     if queries is not None:
         if query:
             raise InputError("Give a query or --queries FILE, not both.")
@@ -110,6 +124,12 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
     else:
         raise InputError("Give a query, or --queries FILE with one query per line.")
     prefix = os.path.abspath(path_prefix) if path_prefix else None
+    if collection is not None:  # a misspelt collection must not read as "no match"
+        known = c.app.kb_stats(kb)["collections"]
+        if collection not in known:
+            raise InputError(
+                f"Knowledge base '{kb}' has no collection '{collection}' (it has: "
+                f"{', '.join(sorted(known)) or 'none'}); check --collection.")
     for q in items:
         result = c.app.search(q, kb=kb, k=k, mode=mode, collection=collection,
                               path_prefix=prefix, rerank=rerank)
@@ -121,7 +141,12 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
                   f"{result.timings_ms['search']:.0f} ms search"
                   + (f", {rerank_ms:.0f} ms rerank" if rerank_ms is not None else "") + ")[/]")
         if not result.hits:
-            out.print("  [yellow]no match[/]")
+            if c.app.kb_stats(kb)["documents"] == 0:
+                out.print(f"  [yellow]no match: knowledge base '{lit(kb)}' holds no documents "
+                          f"yet;[/]\n  [yellow]add some with `appliance ingest PATH --kb "
+                          f"{lit(kb)}`[/]")
+            else:
+                out.print("  [yellow]no match[/]")
         for rank, hit in enumerate(result.hits, start=1):
             v, kw = hit.scores.get("vector"), hit.scores.get("keyword")
             rr = hit.scores.get("rerank")
@@ -132,17 +157,34 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
                     f"rerank {rr:.2f}" if rr is not None else "",
                 ) if part
             )
-            page = page_suffix(hit.page)
-            out.print(f"  [bold]{rank}.[/] {lit(hit.path)}{page}  [green]{lit(hit.heading)}[/]  "
-                      f"[dim]{hit.score:.4f} {channels}[/]")
-            snippet = " ".join(hit.text.split())
-            out.print(f"     [dim]{lit(snippet[:160])}{'…' if len(snippet) > 160 else ''}[/]")
+            # the path whole on its own line (a user copies it); the rest fits the terminal
+            out.print(f"  [bold]{rank}.[/] {lit(hit.path)}{page_suffix(hit.page)}")
+            score = f"score {hit.score:.4f}" + (f" ({channels})" if channels else "")
+            if 5 + len(hit.heading) + 2 + len(score) <= out.width:
+                out.print(f"     [green]{lit(hit.heading)}[/]  [dim]{score}[/]")
+            else:  # a long heading path: the score on a line of its own
+                out.print(f"     [green]{lit(hit.heading)}[/]")
+                out.print(f"     [dim]{score}[/]")
+            for line in _snippet_lines(hit.text, out.width - 5):
+                out.print(f"     [dim]{lit(line)}[/]")
+
+
+def _snippet_lines(text: str, width: int, lines: int = 2) -> list[str]:
+    """The start of ``text`` as at most ``lines`` lines of ``width`` characters, "…" when cut."""
+    import textwrap
+
+    words = " ".join(text.split())
+    wrapped = textwrap.wrap(words, width=max(width, 20), break_long_words=True) or [""]
+    if len(wrapped) > lines:
+        wrapped = wrapped[:lines]
+        wrapped[-1] = wrapped[-1][: max(width, 20) - 1].rstrip() + "…"
+    return wrapped
 
 
 # -- demo --------------------------------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(short_help="Ingest CPython's reference topics; answer sample questions.")
 @click.option("--kb", default="demo", show_default=True, help="Knowledge base to build.")
 @click.option("--corpus", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to write the corpus [default: DATA_DIR/demo/pydoc-topics].")
@@ -232,11 +274,18 @@ def kb_stats(c: AppContext, name: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(s))
         return
-    for key, value in s.items():
-        out.print(f"[bold]{key:>15}[/]  {lit(value)}")
+    collections = ", ".join(f"{name} ({n} document{'' if n == 1 else 's'})"
+                            for name, n in sorted(s["collections"].items()))
+    rows = [("name", s["name"]), ("path", s["path"]), ("documents", s["documents"]),
+            ("chunks", s["chunks"]), ("size", human_size(s["size_bytes"])),
+            ("embedder", f"{s['embedder']} ({s['embedder_dim']} dimensions)"
+             if s["embedder_dim"] else str(s["embedder"] or "none recorded")),
+            ("schema version", s["schema_version"]), ("collections", collections or "none")]
+    for key, value in rows:  # the path whole: it is what a user copies
+        out.print(f"[bold]{key:<15}[/] {lit(value)}")
 
 
-@kb.command("check")
+@kb.command("check", short_help="Check integrity: SQLite, keyword index and vectors agree.")
 @click.argument("name", default="default")
 @pass_ctx
 def kb_check(c: AppContext, name: str) -> None:
@@ -258,8 +307,13 @@ def kb_remove(c: AppContext, name: str, yes: bool) -> None:
     if not c.app.settings.kb_path(name).exists():  # kb_path also validates the name
         raise KnowledgeBaseNotFoundError(
             f"Knowledge base '{name}' does not exist; `appliance kb list` shows the existing ones.")
-    if not yes and not click.confirm(f"Delete knowledge base '{name}'?", err=True):
-        sys.exit(1)
+    if not yes:
+        path = c.app.settings.kb_path(name)
+        try:
+            what = f"{c.app.kb_stats(name)['documents']} documents, {path}"
+        except ApplianceError:  # an unreadable file can still be removed
+            what = f"unreadable, {path}"
+        confirm(f"Delete knowledge base '{name}' ({what})?", yes)
     c.app.kb_remove(name)
     out.print(f"removed '{name}'", markup=False)
 
@@ -279,7 +333,7 @@ def kb_reembed(c: AppContext, name: str) -> None:
 
 @cli.group()
 def models() -> None:
-    """List and verify the registered models."""
+    """List, verify, remove and build the registered models."""
 
 
 @models.command("list")

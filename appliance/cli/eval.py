@@ -16,7 +16,7 @@ from appliance.errors import InputError, KnowledgeBaseNotFoundError
 DEFAULT_MODES = "base,rag,ft,hybrid"
 
 
-@cli.command("eval")
+@cli.command("eval", short_help="Compare base, rag, ft and hybrid answers on an eval set.")
 @click.argument("eval_set", metavar="SET", type=click.Path(path_type=Path))
 @click.option("--kb", default="default", show_default=True,
               help="Knowledge base the rag and hybrid modes retrieve from.")
@@ -50,6 +50,10 @@ def eval_command(c: AppContext, eval_set: Path, kb: str, modes: str | None, mode
     pipeline as `ask` and `batch`. The -o folder receives report.md, report.html (charts
     inline, no network) and report.json, with a decision section: knowledge failures call
     for RAG, behaviour failures for fine-tuning, both for the hybrid.
+
+    \b
+    Example (the demo corpus, `appliance demo`):
+      appliance eval examples/eval/pydoc-eval.jsonl --kb demo -o eval-report
     """
     from appliance.evaluate.report import mode_table, write_reports
     from appliance.evaluate.runner import (
@@ -96,8 +100,9 @@ def eval_command(c: AppContext, eval_set: Path, kb: str, modes: str | None, mode
                                   ft_model=ft_model, skip_unavailable=modes is None,
                                   progress=progress, command=command)
             except KnowledgeBaseNotFoundError as exc:
-                raise KnowledgeBaseNotFoundError(
-                    f"{exc.message} (rag and hybrid need it; or run only --modes base)"
+                raise KnowledgeBaseNotFoundError(  # one sentence: the hint before its end
+                    f"{exc.message.rstrip('.')}; rag and hybrid need it (or run only "
+                    "--modes base)."
                 ) from None
     finally:
         pipeline.close()
@@ -123,7 +128,7 @@ def eval_command(c: AppContext, eval_set: Path, kb: str, modes: str | None, mode
     out.print("report: " + ", ".join(str(p) for p in paths.values()), markup=False)
 
 
-@cli.command("eval-retrieval")
+@cli.command("eval-retrieval", short_help="Score the search modes on a BEIR data set.")
 @click.argument("folder", metavar="DIR", type=click.Path(path_type=Path))
 @click.option("--k", "k", type=click.IntRange(10, 1000), default=100, show_default=True,
               help="Hits retrieved per query (recall@k is reported beside recall@10).")

@@ -17,9 +17,19 @@ from typing import Any
 import click
 from rich.table import Table
 
-from appliance.cli._base import AppContext, cli, err, lit, out, pass_ctx, progress_bar
+from appliance.cli._base import (
+    AppContext,
+    cli,
+    confirm,
+    err,
+    lit,
+    out,
+    pass_ctx,
+    progress_bar,
+)
 from appliance.cli.commands import models
 from appliance.errors import InputError
+from appliance.files import format_bytes
 from appliance.train.config import PRECISIONS, QUANT_TYPES, RunOptions, TrainConfig
 from appliance.train.data import KIND_LABELS, DataReport, validate_chat_jsonl
 
@@ -30,7 +40,10 @@ def _print_report(report: DataReport, limit: int = 20) -> None:
     counts = report.counts()
     parts = [f"{counts['examples']} valid", f"{counts['invalid']} invalid"]
     parts += [f"{counts[k]} {label}" for k, label in KIND_LABELS.items() if counts[k]]
-    err.print(f"[bold]{lit(report.path)}[/]: {counts['lines']} examples: " + ", ".join(parts))
+    lines = f"{counts['lines']} line{'' if counts['lines'] == 1 else 's'}"
+    if counts["blank"]:
+        lines += f" ({counts['blank']} blank)"
+    err.print(f"[bold]{lit(report.path)}[/]: {lines}: " + ", ".join(parts))
     for issue in report.issues[:limit]:
         err.print(f"  [red]line {issue.line}[/]{', ' + lit(issue.field) if issue.field else ''}: "
                   f"{lit(issue.message)}")
@@ -42,7 +55,7 @@ def _print_report(report: DataReport, limit: int = 20) -> None:
 # -- train -------------------------------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(short_help="Fine-tune a model with LoRA on chat JSONL and register it.")
 @click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--base", required=True,
               help="Registry id of a generator GGUF (dequantized for training) or a Hugging "
@@ -143,7 +156,7 @@ def train(c: AppContext, data: Path, base: str, out_id: str | None, epochs: int,
     if entry is not None:
         table.add_row("id", lit(entry.id))
         table.add_row("file", lit(entry.path))
-        table.add_row("size", f"{(entry.size or 0) / 1e6:.0f} MB")
+        table.add_row("size", format_bytes(entry.size or 0))
         table.add_row("sha256", entry.sha256)
     table.add_row("steps", f"{m.get('steps')} ({'resumed from ' + str(result.resumed_from) if result.resumed_from else 'fresh'})")  # noqa: E501
     for h in m.get("history", []):
@@ -160,12 +173,13 @@ def train(c: AppContext, data: Path, base: str, out_id: str | None, epochs: int,
 # -- train-data --------------------------------------------------------------------------------
 
 
-@cli.group("train-data")
+@cli.group("train-data", short_help="Check chat JSONL, or build grounded training data.")
 def train_data() -> None:
     """Check chat JSONL training data, or build the grounded behaviour data."""
 
 
-@train_data.command("check")
+@train_data.command("check",
+                    short_help="Validate chat JSONL; every problem with its line number.")
 @click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--max-len", type=click.IntRange(min=1), default=None,
               help="Also flag examples with far more characters than this many tokens hold "
@@ -178,13 +192,16 @@ def train_data_check(data: Path, max_len: int | None, as_json: bool) -> None:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
         _print_report(report, limit=1000)
+        if report.ok:
+            err.print("[green]ok[/]: ready for `appliance train`")
     if not report.ok and not report.invalid_lines:
         report.raise_if_invalid()  # no examples at all: say what the file should hold
     if not report.ok:
         sys.exit(2)
 
 
-@train_data.command("grounded")
+@train_data.command("grounded",
+                    short_help="Build cite-or-abstain training examples from SQuAD.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Chat JSONL file to write.")
 @click.option("--squad", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -278,19 +295,21 @@ def train_data_grounded(c: AppContext, output: Path, squad: Path, split: str, kb
         raise InputError(
             f"No examples were produced from the {len(chosen)} articles used "
             f"({report.held_out_questions} answerable questions held out by --hold-out, "
-            f"{report.skipped} skipped for lack of sources or answers); lower --hold-out or "
+            f"{report.skipped} not used: beyond the mix, or no source held the answer); "
+            f"lower --hold-out or "
             f"use more articles; {output} was left unchanged."
         )
     check_output_file(output, force=force, inputs=[squad])  # still so, after the work
     n = write_chat_jsonl(examples, output)
+    out.print(f"wrote {n} examples to {lit(output)}")  # the path whole, outside the table
     table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_row("written", f"{n} examples to {lit(output)}")
     table.add_row("answer (cited)", str(report.answer))
     table.add_row("abstain: unanswerable", str(report.abstain_unanswerable))
     table.add_row("abstain: hard negative", str(report.abstain_hard_negative))
     if kb:
         table.add_row("abstain: not retrieved", str(report.abstain_not_retrieved))
-    table.add_row("skipped", str(report.skipped))
+    table.add_row("questions not used", f"{report.skipped} (beyond --limit or the abstain "
+                  "mix, or no source held the answer)")
     if report.held_out_questions:
         table.add_row("questions held out", str(report.held_out_questions))
     table.add_row("articles", lit(", ".join(report.articles)))
@@ -353,8 +372,7 @@ def models_remove(c: AppContext, model_id: str, yes: bool, keep_run: bool) -> No
     if entry.origin != "user":
         raise InputError(f"'{model_id}' is a packaged model; only models that `appliance "
                          "train` registered can be removed.")
-    if not yes and not click.confirm(f"Remove model '{model_id}' ({entry.path})?", err=True):
-        sys.exit(1)
+    confirm(f"Remove model '{model_id}' ({entry.path})?", yes)
     remove_model(c.app.settings, model_id)
     runs = c.app.settings.home / "train"
     run = runs / model_id
@@ -368,7 +386,7 @@ def models_remove(c: AppContext, model_id: str, yes: bool, keep_run: bool) -> No
 # -- models build ------------------------------------------------------------------------------
 
 
-@models.command("build")
+@models.command("build", short_help="Build the packaged fine-tuned models from models/adapters.")
 @click.option("--force", is_flag=True, help="Rebuild even when a cached build exists.")
 @pass_ctx
 def models_build(c: AppContext, force: bool) -> None:

@@ -13,7 +13,7 @@ from appliance.generate import MODES
 __all__ = ["feedback", "feedback_export", "tui"]
 
 
-@cli.command()
+@cli.command(short_help="Open the terminal interface (also: plain `appliance`).")
 @click.option("--kb", default=None,
               help="Knowledge base to ask [default: 'default', else the first one].")
 @click.option("--mode", type=click.Choice(MODES), default=None,
@@ -30,12 +30,13 @@ def tui(c: AppContext, kb: str | None, mode: str | None, model: str | None) -> N
     run_tui(c.app, kb=kb, mode=mode, model=model)
 
 
-@cli.group()
+@cli.group(short_help="Export the ratings given in the TUI as training data.")
 def feedback() -> None:
     """Ratings given in the terminal interface, and their export as training data."""
 
 
-@feedback.command("export")
+@feedback.command("export",
+                  short_help="Write the rated answers as chat JSONL for `appliance train`.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Chat JSONL file to write.")
 @click.option("--kb", default=None, help="Only feedback on answers from this knowledge base.")
@@ -61,6 +62,11 @@ def feedback_export(c: AppContext, output: Path, kb: str | None, force: bool,
         click.echo(json.dumps(report.to_json()))
         return
     out.print(f"wrote {report.written} examples to {output}", markup=False)
+    if not report.written and not (report.skipped_bad or report.skipped_sources):
+        scope = f" from knowledge base '{kb}'" if kb else ""
+        out.print(f"  no rated answers{scope} yet; rate answers in `appliance tui` with\n"
+                  "  F7 (good, bad or a correction), then export again with --force",
+                  markup=False)
     if report.skipped_bad:
         out.print(f"  skipped {report.skipped_bad} answers marked bad without a correction")
     if report.skipped_sources:

@@ -86,7 +86,7 @@ def generator_id(
         entry = registry.get(model_id)
         if entry.role != "generator":
             raise ModelError(
-                f"'{model_id}' is a {entry.role} model, not a generator; "
+                f"'{model_id}' is not a generator (its role is {entry.role}); "
                 "run `appliance models list` to see the generators."
             )
         return entry.id
@@ -121,7 +121,8 @@ def load_generator(
     model_id = generator_id(registry, settings, "rag", model_id)
     entry = registry.resolve(model_id)
     if entry.role != "generator":
-        raise ModelError(f"'{model_id}' is a {entry.role} model, not a generator.")
+        raise ModelError(f"'{model_id}' is not a generator (its role is {entry.role}); "
+                         "run `appliance models list` to see the generators.")
     if entry.format.lower() != "gguf":
         raise ModelError(f"'{model_id}' is a {entry.format} file; llama.cpp needs GGUF.")
     return LlamaGenerator(entry.id, entry.path, settings.generate)

@@ -147,9 +147,16 @@ class KnowledgeBase:
         self._tokenizer: Callable[..., Any] | None = None
         self._tables: dict[str, bool] = {}
         if not path.exists() and not create:
+            # name the ones that do exist: the usual cause is a forgotten or misspelt --kb
+            others = sorted(p.stem for p in path.parent.glob("*.sqlite")) \
+                if path.parent.is_dir() else []
+            listed = ", ".join(others[:8]) + (f" and {len(others) - 8} more"
+                                              if len(others) > 8 else "")
+            hint = (f"the existing ones are {listed} (choose one with --kb NAME), "
+                    "or create it" if others else "create it")
             raise KnowledgeBaseNotFoundError(
                 f"Knowledge base '{path.stem}' does not exist at {path}; "
-                "create it with `appliance ingest PATH --kb " + path.stem + "`."
+                f"{hint} with `appliance ingest PATH --kb {path.stem}`."
             )
         if create:
             path.parent.mkdir(parents=True, exist_ok=True)
