@@ -28,7 +28,9 @@ def _cite(n: int, path: str, heading: str, page: int | None = None) -> Citation:
 
 
 def test_timing_line_says_why_nothing_was_generated() -> None:
-    assert timing_line(_answer()).endswith("(search 5 ms, generate 1.5 s) · 20.0 tokens/s")
+    line = timing_line(_answer())
+    assert line.replace("\u00a0", " ").endswith("(search 5 ms, generate 1.5 s) · 20.0 tokens/s")
+    assert "20.0\u00a0tokens/s" in line  # a narrow terminal never wraps inside a measurement
     skipped = _answer(abstained=True, flags=["abstained:retrieval"],
                       tokens={"prompt": 0, "completion": 0}, tokens_per_s=0.0)
     line = timing_line(skipped)

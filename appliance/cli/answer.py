@@ -53,18 +53,23 @@ def print_sources(answer: Answer, full_paths: bool = True) -> None:
 
 
 def timing_line(answer: Answer) -> str:
-    """``mode · model · seconds (search, generate) · tokens/s``, or why nothing was generated."""
+    """``mode · model · seconds (search, generate) · tokens/s``, or why nothing was generated.
+
+    A number and its unit are joined by a no-break space, so a narrow terminal wraps the
+    line between measurements, never inside one.
+    """
     t = answer.timings_ms
-    head = (f"{answer.mode} · {answer.model} · {t.get('total', 0) / 1000:.1f} s "
-            f"(search {t.get('embed', 0) + t.get('search', 0):.0f} ms")
+    nb = "\u00a0"
+    head = (f"{answer.mode} · {answer.model} · {t.get('total', 0) / 1000:.1f}{nb}s "
+            f"(search{nb}{t.get('embed', 0) + t.get('search', 0):.0f}{nb}ms")
     if "abstained:retrieval" in answer.flags:
         return head + "; not generated: no passage scored close enough to the question)"
     if "abstained:no_hits" in answer.flags:
         return head + "; not generated: the knowledge base returned no passage)"
     if not answer.tokens.get("completion"):
         return head + "; nothing generated)"
-    return (head + f", generate {t.get('generate', 0) / 1000:.1f} s) · "
-            f"{answer.tokens_per_s:.1f} tokens/s")
+    return (head + f", generate{nb}{t.get('generate', 0) / 1000:.1f}{nb}s) · "
+            f"{answer.tokens_per_s:.1f}{nb}tokens/s")
 
 
 @cli.command(short_help="Answer a question from a knowledge base, with citations.")
