@@ -77,16 +77,30 @@ class Appliance:
         prune: bool = False,
         progress: ProgressFn | None = None,
     ) -> IngestReport:
-        """Ingest files and folders into ``kb`` (created when missing)."""
+        """Ingest files and folders into ``kb`` (created when missing).
+
+        A knowledge base this call created is removed again when it ends holding no
+        document (nothing could be ingested, or the run was interrupted first), so a
+        misspelt ``--kb`` does not leave an empty one behind.
+        """
         for path in paths:
             if not os.path.lexists(path):
                 raise InputError(f"{path} does not exist; check the path.")
         self._retrievers.pop(kb, None)
-        with self.open_kb(kb, create=True) as store:
-            return run_ingest(
-                store, paths, self.embedder, self.chunker(), self.settings.ingest,
-                collection=collection, prune=prune, progress=progress,
-            )
+        created = not os.path.lexists(self.settings.kb_path(kb))
+        empty = False
+        try:
+            with self.open_kb(kb, create=True) as store:
+                try:
+                    return run_ingest(
+                        store, paths, self.embedder, self.chunker(), self.settings.ingest,
+                        collection=collection, prune=prune, progress=progress,
+                    )
+                finally:
+                    empty = created and store.stats()["documents"] == 0
+        finally:
+            if empty:
+                remove_kb(self.settings, kb)
 
     def retriever(self, kb: str = "default") -> Retriever:
         """A retriever over ``kb``, kept open for later queries."""

@@ -47,7 +47,30 @@ def kb_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "empty.md").write_text("\n", encoding="utf-8")
     assert run_cli("ingest", str(root / "empty.md"), "--kb", "hollow",
                    home=home).returncode == 4
+    assert not (home / "kb" / "hollow.sqlite").exists()  # a failed first ingest leaves none
+    from appliance.api import Appliance
+    from appliance.config import load_settings
+
+    app = Appliance(load_settings(home=home))
+    with app.open_kb("hollow", create=True):  # an empty one, as another program could leave
+        pass
+    app.close()
     return home
+
+
+def test_ingest_of_a_folder_with_nothing_to_ingest_says_so_and_creates_nothing(
+        tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes(b"\xff\xd8\xff")
+    proc = run80("ingest", str(folder), "--kb", "typo", home=tmp_path / "home")
+    said = unwrapped(proc.stderr)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert f"No file to ingest was found in {folder}" in said and ".pdf" in said, said
+    assert "added" not in proc.stdout  # no table of zeros
+    assert not (tmp_path / "home" / "kb" / "typo.sqlite").exists()
+    listed = run_cli("kb", "list", home=tmp_path / "home", check=True)
+    assert "typo" not in listed.stdout
 
 
 # -- help --------------------------------------------------------------------------------------

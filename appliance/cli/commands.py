@@ -57,8 +57,14 @@ def ingest(c: AppContext, paths: tuple[Path, ...], kb: str, collection: str, pru
     with progress_bar("Ingesting", not as_json) as update:
         report = c.app.ingest(list(paths), kb=kb, collection=collection, prune=prune,
                               progress=update)
+    ok = report.added + report.updated + report.unchanged
+    nothing_found = ok == 0 and not report.failed and not report.removed
     if as_json:
         out.print_json(data=report.to_json())
+    elif nothing_found:
+        err.print(f"No file to ingest was found in {lit(', '.join(map(str, paths)))} "
+                  f"(taken from folders: {' '.join(c.app.settings.ingest.extensions)}); "
+                  "nothing was ingested.")
     else:
         table = Table(show_header=False, box=None, pad_edge=False)
         table.add_row("added", str(report.added))
@@ -74,8 +80,7 @@ def ingest(c: AppContext, paths: tuple[Path, ...], kb: str, collection: str, pru
         out.print(table)
         for f in report.failed:
             out.print(f"  [red]failed[/] {lit(f.path)}: {lit(f.reason)}")
-    ok = report.added + report.updated + report.unchanged
-    if ok == 0 and report.failed:
+    if (ok == 0 and report.failed) or nothing_found:
         sys.exit(4)
     if strict and report.failed:
         sys.exit(1)
