@@ -11,10 +11,12 @@ Build the app with :func:`create_app` (the CLI and the tests do).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path, PurePath
 from typing import Any, ClassVar
 
@@ -72,9 +74,35 @@ WELCOME = (
     "[n]: click one, or Tab to it and press Enter, to read it. F1 lists every key."
 )
 
+STREAM_INTERVAL = 0.1
+"""Seconds between screen updates while an answer streams: tokens that arrive meanwhile
+are shown together, so rendering the growing answer does not take the CPU the model needs
+(on a small machine, redrawing at every token slowed generation by about a third)."""
+
+BUSY_GROUPS = ("ask", "ingest", "warmup")
+"""Workers that hold a model or the knowledge base: quitting waits for them to let go."""
+
+
+def kb_missing_hint(kb: str) -> str:
+    """What to do when knowledge base ``kb`` does not exist (the TUI's next step)."""
+    return (f"Knowledge base '{kb}' does not exist yet: press F5 to ingest a folder of "
+            "documents into it, or F4 to choose another knowledge base.")
+
+
+def kb_empty_hint(kb: str) -> str:
+    """What to do when knowledge base ``kb`` holds no document."""
+    return f"Knowledge base '{kb}' has no documents yet: press F5 to ingest a folder into it."
+
 
 class _Stopped(Exception):
-    """The user stopped the answer (Esc)."""
+    """The user stopped the answer (Esc, Ctrl+C) or quit."""
+
+
+def welcome_text(hint: str) -> Text:
+    """The chat's opening text, with the next step first when there is one to take."""
+    if not hint:
+        return Text(WELCOME)
+    return Text.assemble((hint, "bold"), "\n\n", WELCOME)
 
 
 class MainScreen(Screen[None]):
@@ -96,7 +124,7 @@ class MainScreen(Screen[None]):
         with Horizontal(id="main"):
             with Vertical(id="chat-column"):
                 with VerticalScroll(id="chat"):
-                    yield Static(Text(WELCOME), id="welcome")
+                    yield Static(welcome_text(""), id="welcome")
                 app = self.app
                 home = app.appliance.settings.home if isinstance(app, ApplianceTUI) else None
                 yield QuestionInput(history_file=home / "tui" / "history.jsonl" if home else None,
@@ -122,6 +150,8 @@ class ApplianceTUI(App[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
+    # Ctrl+C copies a selection, as Textual binds it; otherwise it stops an answer being
+    # written, or says how to quit (action_help_quit).
 
     def __init__(
         self,
@@ -146,6 +176,29 @@ class ApplianceTUI(App[None]):
         self._loaded: set[str] = set()
         self._ingest_screen: IngestScreen | None = None
         self.last_ingest: IngestReport | None = None
+        self.kb_hint = ""
+        """The next step the chat's welcome shows (the knowledge base is missing or empty)."""
+        self.quitting = False
+        # Threads using a model or a knowledge base. Not the workers' state: a cancelled
+        # thread worker reads as finished at once, while its thread runs to its next check.
+        self._threads = 0
+        self._threads_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _in_thread(self) -> Iterator[None]:
+        """Count a worker thread as busy while it runs (quitting waits for it)."""
+        with self._threads_lock:
+            self._threads += 1
+        try:
+            yield
+        finally:
+            with self._threads_lock:
+                self._threads -= 1
+
+    @property
+    def busy_threads(self) -> int:
+        """How many worker threads still use a model or a knowledge base."""
+        return self._threads
 
     # -- layout ------------------------------------------------------------------------------
 
@@ -216,18 +269,36 @@ class ApplianceTUI(App[None]):
     def refresh_kb(self) -> None:
         """Read the current knowledge base's document and chunk counts."""
         kb = self.kb
+        hint = ""
         try:
             stats = self.appliance.kb_stats(kb)
-            text = f"KB {kb} · {stats['documents']} docs · {stats['chunks']} chunks"
+            if stats["documents"]:
+                text = f"KB {kb} · {stats['documents']} docs · {stats['chunks']} chunks"
+            else:
+                text = f"KB {kb} · empty: F5 to ingest"
+                hint = kb_empty_hint(kb)
         except KnowledgeBaseNotFoundError:
             text = f"KB {kb} · missing: F5 to ingest"
+            hint = kb_missing_hint(kb)
         except ApplianceError as exc:
             text = f"KB {kb} · {exc.title.lower()}"
-        self._ui(setattr, self.status, "kb_text", text)
+        self._ui(self._show_kb, kb, text, hint)
+
+    def _show_kb(self, kb: str, text: str, hint: str) -> None:
+        if kb != self.kb:
+            return  # the user switched again meanwhile; a newer refresh follows
+        self.status.kb_text = text
+        self.kb_hint = hint
+        for welcome in self.main.query("#welcome").results(Static):
+            welcome.update(welcome_text(hint))
 
     @work(thread=True, group="warmup", exit_on_error=False)
     def warm_up(self) -> None:
         """Load the model (and the embedder and retriever) before the first question."""
+        with self._in_thread():
+            self._warm_up()
+
+    def _warm_up(self) -> None:
         mode, model, kb = self.mode, self.model, self.kb
         try:
             model_id = self.pipeline.model_id(mode, model)
@@ -280,12 +351,30 @@ class ApplianceTUI(App[None]):
 
     @work(thread=True, group="ask", exit_on_error=False)
     def _answer(self, view: ExchangeView, data: ExchangeData, model: str | None) -> None:
+        with self._in_thread():
+            self._answer_in_thread(view, data, model)
+
+    def _answer_in_thread(self, view: ExchangeView, data: ExchangeData,
+                          model: str | None) -> None:
         worker = get_current_worker()
+        pending: list[str] = []
+        shown_at = 0.0
+
+        def flush() -> None:
+            nonlocal shown_at
+            if pending:
+                text = "".join(pending)
+                pending.clear()
+                self._ui(view.append, text)
+            shown_at = time.monotonic()
 
         def on_token(piece: str) -> None:
             if worker.is_cancelled:
+                flush()  # what was written before the stop stays on screen
                 raise _Stopped
-            self._ui(view.append, piece)
+            pending.append(piece)
+            if time.monotonic() - shown_at >= STREAM_INTERVAL:
+                flush()
 
         model_id = data.model
         if model_id not in self._loaded:
@@ -306,10 +395,15 @@ class ApplianceTUI(App[None]):
             data.sources = sources_for(answer, hits, self._lookup(data.kb))
         except _Stopped:
             self._ui(self._answer_failed, view, "stopped", None)
+        except KnowledgeBaseNotFoundError as exc:
+            # The core's message names the CLI command; here the next step is a key.
+            missing = KnowledgeBaseNotFoundError(kb_missing_hint(data.kb))
+            missing.__cause__ = exc
+            self._ui(self._answer_failed, view, "no answer", missing)
         except Exception as exc:
             self._ui(self._answer_failed, view, "no answer", exc)
         else:
-            self._ui(self._answer_done, view, data)
+            self._ui(self._answer_done, view, data)  # shows the whole answer
 
     def _lookup(self, kb: str) -> Callable[[Sequence[int]], dict[int, tuple[str, str, str]]]:
         def lookup(ids: Sequence[int]) -> dict[int, tuple[str, str, str]]:
@@ -336,11 +430,30 @@ class ApplianceTUI(App[None]):
         if exc is not None:
             self._error(exc)
 
+    def _answering(self) -> bool:
+        return any(w.group == "ask" and w.is_running and not w.is_cancelled
+                   for w in self.workers)
+
     def action_stop(self) -> None:
-        """Stop the answer being written."""
+        """Stop the answer being written (at its next token: a model reading the sources
+        finishes that first)."""
+        if not self._answering():
+            return
         for worker in self.workers:
             if worker.group == "ask" and worker.is_running:
                 worker.cancel()
+        views = self.main.query(ExchangeView)
+        if views:
+            views.last().set_pending("Stopping…")
+
+    def action_help_quit(self) -> None:
+        """Ctrl+C: stop the answer being written; otherwise say how to quit."""
+        if self._answering():
+            self.action_stop()
+            self.notify("Stopped the answer. Ctrl+Q quits.", markup=False)
+            return
+        self.notify("Press Ctrl+Q to quit (Esc or Ctrl+C stops an answer).",
+                    title="Do you want to quit?", markup=False)
 
     async def action_clear(self) -> None:
         """Remove every exchange from the chat."""
@@ -350,7 +463,7 @@ class ApplianceTUI(App[None]):
             return
         chat = self.main.query_one("#chat", VerticalScroll)
         await chat.remove_children()
-        await chat.mount(Static(Text(WELCOME), id="welcome"))
+        await chat.mount(Static(welcome_text(self.kb_hint), id="welcome"))
         self.exchanges.clear()
 
     # -- sources -------------------------------------------------------------------------------
@@ -474,13 +587,25 @@ class ApplianceTUI(App[None]):
 
     @work(thread=True, group="ingest", exit_on_error=False)
     def _run_ingest(self, path: Path, kb: str) -> None:
+        with self._in_thread():
+            self._ingest_in_thread(path, kb)
+
+    def _ingest_in_thread(self, path: Path, kb: str) -> None:
         screen = self._ingest()
+        worker = get_current_worker()
 
         def progress(done: int, total: int, item: str) -> None:
+            if worker.is_cancelled:
+                # Quitting: stop between two files (each file is its own transaction, so
+                # the files read so far stay in the knowledge base; a rerun goes on).
+                raise _Stopped
             self._ui(self._ingest_progress, screen, done, total, item)
 
         try:
             report = self.appliance.ingest([path], kb=kb, progress=progress)
+        except _Stopped:
+            self._ui(self._ingest_done, screen, kb, None, None,
+                     "Stopped; the files read so far are kept. Ingest again to go on.")
         except Exception as exc:
             message = exc.message if isinstance(exc, ApplianceError) else str(exc)
             self._ui(self._ingest_done, screen, kb, None, exc, message)
@@ -494,12 +619,13 @@ class ApplianceTUI(App[None]):
     def _ingest_done(self, screen: IngestScreen, kb: str, report: IngestReport | None,
                      exc: BaseException | None, message: str) -> None:
         self.last_ingest = report
-        screen.finish(report, message)
-        self.status.activity = ""
+        screen.finish(report, message, stopped=report is None and exc is None)
+        self.status.activity = "quitting…" if self.quitting else ""
         if exc is not None:
             self._error(exc)
             return
-        assert report is not None
+        if report is None:
+            return  # stopped (quitting)
         self.notify(f"Ingested into '{kb}': {report.added} added, {report.updated} updated, "
                     f"{len(report.failed)} failed.", markup=False)
         if kb == self.kb:
@@ -572,8 +698,27 @@ class ApplianceTUI(App[None]):
         self.push_screen(HelpScreen())
 
     async def action_quit(self) -> None:
-        """Stop any answer and quit."""
-        self.action_stop()
+        """Stop any answer or ingest, and quit once they let go of the model and the
+        knowledge base (a thread cannot be killed: freeing a model a thread still uses
+        would crash, and the process could not end before the thread anyway)."""
+        busy = [w for w in self.workers if w.group in BUSY_GROUPS and w.is_running]
+        if not busy and not self.busy_threads:
+            self.exit()
+            return
+        self.notify("Quitting once the model or the ingest stops (a model still reading "
+                    "the sources finishes that first)…", markup=False, timeout=30)
+        if self.quitting:
+            return
+        self.quitting = True
+        self.status.activity = "quitting…"
+        for worker in busy:
+            worker.cancel()
+        self._quit_when_idle()
+
+    @work(group="quit", exit_on_error=False)
+    async def _quit_when_idle(self) -> None:
+        while self.busy_threads:
+            await asyncio.sleep(0.05)
         self.exit()
 
 

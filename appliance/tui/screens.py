@@ -57,7 +57,7 @@ HELP_INTRO = (
 HELP_KEYS: list[tuple[str, str, str]] = [
     ("Enter", "question", "ask"),
     ("Up / Down", "question", "previous / next question"),
-    ("Esc", "chat", "stop the answer being written"),
+    ("Esc / Ctrl+C", "chat", "stop the answer being written"),
     ("Tab / Shift+Tab", "anywhere", "move between the question, citations, buttons, sources"),
     ("Enter / click", "citation, source", "open the source in full"),
     ("F1", "anywhere", "this help"),
@@ -393,6 +393,8 @@ class IngestScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        # No bar until an ingest starts: an idle bar pulses as if something were running.
+        self.query_one(ProgressBar).display = self.running
         self.query_one("#ingest-path", Input).focus()
 
     @on(DirectoryTree.DirectorySelected)
@@ -425,6 +427,7 @@ class IngestScreen(Screen[None]):
         self.query_one(DataTable).clear()
         self.query_one("#ingest-summary", Label).update("")
         bar = self.query_one(ProgressBar)
+        bar.display = True
         bar.update(total=None, progress=0)
         self.query_one("#ingest-current", Label).update(
             Text(printable(f"Reading {display_path(str(path))} into '{kb}'…", one_line=True)))
@@ -447,14 +450,15 @@ class IngestScreen(Screen[None]):
             self.query_one("#ingest-current", Label).update(
                 Text(printable(f"{done + 1}/{total}  {display_path(path)}", one_line=True)))
 
-    def finish(self, report: IngestReport | None, error: str = "") -> None:
-        """The ingest ended (``report`` None when it failed)."""
+    def finish(self, report: IngestReport | None, error: str = "", *,
+               stopped: bool = False) -> None:
+        """The ingest ended (``report`` None when it failed, or was ``stopped``)."""
         self.running = False
         self.query_one("#ingest-start", Button).disabled = False
         current = self.query_one("#ingest-current", Label)
         summary = self.query_one("#ingest-summary", Label)
         if report is None:
-            current.update("Ingest failed.")
+            current.update("Ingest stopped." if stopped else "Ingest failed.")
             summary.update(Text(printable(error)))
             return
         table: DataTable[str | Text] = self.query_one(DataTable)

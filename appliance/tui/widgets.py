@@ -262,12 +262,9 @@ class ExchangeView(Vertical):
         shown = [s for s in data.sources if s.cited] if not answer.abstained else []
         if answer.abstained and data.sources:
             await box.mount(Label("Closest sources:", classes="closest-label"))
-            shown = data.sources[: max(1, len(answer.closest))]
+            shown = closest_sections(data.sources[: max(1, len(answer.closest))])
         await box.mount_all([CitationLink(data, s) for s in shown])
-        meta = f"{answer.mode} · {answer.model}"
-        if answer.abstained:
-            meta += " · abstained"
-        self.query_one(".meta", Label).update(Text(meta))
+        self.query_one(".meta", Label).update(Text(answer_meta(answer)))
         for button in self.query(Button):
             button.disabled = False
         self.add_class("-done")
@@ -285,7 +282,7 @@ class ExchangeView(Vertical):
         self.set_class(rating == "good", "-good")
         self.set_class(rating == "bad", "-bad")
         answer = self.data.answer
-        base = f"{answer.mode} · {answer.model}" if answer else ""
+        base = answer_meta(answer) if answer else ""
         self.query_one(".meta", Label).update(Text(f"{base} · marked {rating}"))
 
     @on(Markdown.LinkClicked)
@@ -307,6 +304,37 @@ class ExchangeView(Vertical):
     def _bad(self, event: Button.Pressed) -> None:
         event.stop()
         self.post_message(self.FeedbackChosen(self.data, "bad"))
+
+
+def closest_sections(sources: list[SourceView]) -> list[SourceView]:
+    """The closest sources of an abstention, one per section (file, page, heading), as
+    ``appliance ask`` lists them: two passages of one section would read as one line twice."""
+    seen: set[tuple[str, int | None, str]] = set()
+    out = []
+    for s in sources:
+        key = (s.path, s.page, s.heading)
+        if key not in seen:
+            seen.add(key)
+            out.append(s)
+    return out
+
+
+def answer_meta(answer: Answer) -> str:
+    """The line under an answer: why it abstained or stopped early (the reasons
+    ``appliance ask`` prints; first, so a narrow terminal cuts the model id instead), then
+    the mode and model."""
+    notes = []
+    if "abstained:retrieval" in answer.flags:
+        notes.append("abstained: no passage close enough")
+    elif "abstained:no_hits" in answer.flags:
+        notes.append("abstained: no passage found")
+    elif answer.abstained:
+        notes.append("abstained")
+    if "stopped:loop" in answer.flags:
+        notes.append("stopped: the model began repeating itself")
+    elif "max_tokens" in answer.flags:
+        notes.append("cut off at the token limit")
+    return " · ".join([*notes, answer.mode, answer.model])
 
 
 # -- sources panel ------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def test_cli_export_and_unwritable_target(tmp_path: Path, monkeypatch: pytest.Mo
     out = tmp_path / "data.jsonl"
     result = CliRunner().invoke(cli, ["feedback", "export", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "wrote 1 examples" in result.output
+    assert "wrote 1 example to" in result.output
     validate_with_training_validator(out)
     blocked = tmp_path / "file"
     blocked.write_text("")
