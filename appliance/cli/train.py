@@ -301,7 +301,8 @@ def train_data_grounded(c: AppContext, output: Path, squad: Path, split: str, kb
         )
     check_output_file(output, force=force, inputs=[squad])  # still so, after the work
     n = write_chat_jsonl(examples, output)
-    out.print(f"wrote {n} examples to {lit(output)}")  # the path whole, outside the table
+    # the path whole, outside the table
+    out.print(f"wrote {n} example{'' if n == 1 else 's'} to {lit(output)}")
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_row("answer (cited)", str(report.answer))
     table.add_row("abstain: unanswerable", str(report.abstain_unanswerable))

@@ -61,7 +61,8 @@ def feedback_export(c: AppContext, output: Path, kb: str | None, force: bool,
     if as_json:
         click.echo(json.dumps(report.to_json()))
         return
-    out.print(f"wrote {report.written} examples to {output}", markup=False)
+    noun = "example" if report.written == 1 else "examples"
+    out.print(f"wrote {report.written} {noun} to {output}", markup=False)
     if not report.written and not (report.skipped_bad or report.skipped_sources):
         scope = f" from knowledge base '{kb}'" if kb else ""
         out.print(f"  no rated answers{scope} yet; rate answers in `appliance tui` with\n"
