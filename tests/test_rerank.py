@@ -173,3 +173,23 @@ def test_cli_search_rerank_on_the_demo_kb_offline(demo_kb, shared_home: Path) ->
     assert "with" in (top["path"] + top["heading"]).lower(), top  # still the with topic
     assert [h["score"] for h in result["hits"]] == sorted(
         (h["score"] for h in result["hits"]), reverse=True)
+
+
+def test_continuation_logprobs_give_each_token_and_agree_with_the_mean() -> None:
+    _require_models()
+    app = Appliance(load_settings())
+    try:
+        gen = app.reranker().model  # SmolLM2, loaded once for the reranker
+        messages = [{"role": "user", "content": "Which city is the capital of France?"}]
+        likely = gen.continuation_logprobs(messages, "The capital of France is Paris.")
+        assert "".join(piece for piece, _ in likely) == "The capital of France is Paris."
+        assert all(lp <= 0 for _, lp in likely) and len(likely) >= 6
+        mean = sum(lp for _, lp in likely) / len(likely)
+        # the same tokens, decoded in other batch splits (the KV cache now holds the prompt)
+        assert gen.continuation_logprob(messages, "The capital of France is Paris.") \
+            == pytest.approx(mean, abs=0.02)
+        unlikely = gen.continuation_logprobs(messages, "The capital of France is Tokyo.")
+        assert unlikely[-2][1] < likely[-2][1] - 2  # "Tokyo" is the surprise, not "Paris"
+        assert [p for p, _ in unlikely[:-2]] == [p for p, _ in likely[:-2]]
+    finally:
+        app.close()

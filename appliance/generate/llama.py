@@ -276,6 +276,14 @@ class LlamaGenerator:
 
         Raises InputError when prompt and continuation do not fit the context window.
         """
+        logprobs = self.continuation_logprobs(messages, continuation)
+        return sum(lp for _, lp in logprobs) / len(logprobs)
+
+    def continuation_logprobs(self, messages: list[dict[str, str]], continuation: str
+                              ) -> list[tuple[str, float]]:
+        """Each token of ``continuation`` (its text) with its log-probability as part of the
+        assistant's reply to ``messages``: teacher-forced, one decode, the cached prompt
+        prefix reused. Raises InputError when they do not fit the context window."""
         import numpy as np
 
         cont = list(self.llm.tokenize(continuation.encode("utf-8"), add_bos=False,
@@ -306,13 +314,15 @@ class LlamaGenerator:
             self.llm.input_ids[n_past:n_past + len(batch)] = batch
             self.llm.n_tokens = n_past + len(batch)
             n_vocab = self.llm.n_vocab()
-            total = 0.0
+            out: list[tuple[str, float]] = []
             for i, token in enumerate(cont):
                 row = np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(i), shape=(n_vocab,))
                 row = row.astype(np.float64)
                 top = float(row.max())
-                total += float(row[token]) - top - float(np.log(np.exp(row - top).sum()))
-            return total / len(cont)
+                lp = float(row[token]) - top - float(np.log(np.exp(row - top).sum()))
+                piece = self.llm.detokenize([token]).decode("utf-8", errors="replace")
+                out.append((piece, lp))
+            return out
 
     def _next_logits(self, seq: list[int]) -> Any:
         """Evaluate ``seq`` (reusing the cached prefix) and return the next token's logits."""
