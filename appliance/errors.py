@@ -18,6 +18,7 @@ __all__ = [
     "EmbedderMismatchError",
     "ExportError",
     "InputError",
+    "Interrupted",
     "KnowledgeBaseError",
     "KnowledgeBaseNotFoundError",
     "ModelError",
@@ -105,6 +106,13 @@ class ModelError(ApplianceError):
 
     title = "Model error"
     exit_code = 5
+
+
+class Interrupted(ApplianceError):
+    """The caller stopped a model while it was working (``LlamaGenerator.interrupt``)."""
+
+    title = "Stopped"
+    exit_code = 130
 
 
 class ModelNotFoundError(ModelError):

@@ -362,6 +362,15 @@ class Pipeline:
             self.last_hits = retriever.hits
         return record
 
+    def interrupt(self) -> None:
+        """Stop the answer being generated, from another thread (Esc in the TUI): the
+        ``ask`` in progress raises :class:`~appliance.errors.Interrupted`, even while the
+        model still reads the prompt."""
+        for gen in list(self._generators.values()):
+            stop = getattr(gen, "interrupt", None)
+            if callable(stop):
+                stop()
+
     def close(self) -> None:
         """Free the loaded models."""
         for gen in self._generators.values():

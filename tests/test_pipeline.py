@@ -529,3 +529,46 @@ def test_a_small_model_caught_in_a_loop_is_stopped(demo_kb: tuple[Any, Path]) ->
             assert rec.tokens["completion"] < app.settings.generate.max_tokens
     finally:
         pipe.close()
+
+
+@pytest.mark.integration
+def test_interrupt_stops_prompt_evaluation_and_keeps_the_cache_sound(tmp_path: Path) -> None:
+    import threading
+
+    from appliance.errors import Interrupted
+    from appliance.generate import load_generator
+
+    app = _tiny_app(tmp_path)
+    gen: Any = load_generator(app.settings, app.registry, SMOL)
+    try:
+        long_text = " ".join(f"Fact {i}: the valve number {i} is painted blue." for i in range(150))
+        messages = [{"role": "user", "content": long_text + "\nWhat colour are the valves?"}]
+        assert len(gen.render(messages)) > 1500  # a prompt that takes a while to read
+        got: list[str] = []
+        raised: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                got.extend(gen.stream(messages, 8))
+            except BaseException as exc:  # handed to the test thread
+                raised.append(exc)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        while worker.is_alive() and not gen._lock.locked():
+            pass
+        gen.interrupt()
+        worker.join(timeout=120)
+        assert not worker.is_alive()
+        assert len(raised) == 1 and isinstance(raised[0], Interrupted), raised
+        assert got == [] and gen.last_stats.completion_tokens == 0  # stopped while reading
+        gen.interrupt()  # nothing in progress: a no-op, and the next call is not stopped
+        again = "".join(gen.stream(messages, 8))  # reuses what was read before the stop
+        fresh: Any = load_generator(app.settings, app.registry, SMOL)
+        try:
+            assert again == "".join(fresh.stream(messages, 8))  # the cache was sound
+        finally:
+            fresh.close()
+    finally:
+        gen.close()
+        app.close()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config import GenerateSettings
-from appliance.errors import InputError, ModelError
+from appliance.errors import InputError, Interrupted, ModelError
 
 __all__ = ["GenerationStats", "LlamaGenerator", "load_llama"]
 
@@ -120,6 +120,14 @@ class LlamaGenerator:
         self.last_stats = GenerationStats()
         self._last_sequence: list[int] = []
         self._lock = threading.Lock()
+        # llama.cpp asks this between two operations of a decode, so interrupt() stops even
+        # the evaluation of a long prompt within milliseconds, not at the next token.
+        import llama_cpp
+
+        self._abort = threading.Event()
+        self._abort_callback = llama_cpp.ggml_abort_callback(
+            lambda _data: self._abort.is_set())  # kept: llama.cpp holds only the pointer
+        llama_cpp.llama_set_abort_callback(self.llm._ctx.ctx, self._abort_callback, None)
 
     # -- Generator protocol ----------------------------------------------------------------
 
@@ -143,6 +151,14 @@ class LlamaGenerator:
             )
         )
 
+    def interrupt(self) -> None:
+        """Stop the current :meth:`stream` from another thread, prompt evaluation included:
+        it raises :class:`~appliance.errors.Interrupted` within milliseconds. The KV cache
+        keeps what was evaluated before, so the next call reuses it. Without a call in
+        progress, nothing happens."""
+        if self._lock.locked():
+            self._abort.set()
+
     def stream(
         self, messages: list[dict[str, str]], max_tokens: int,
         first_token_bias: Mapping[str, float] | None = None,
@@ -151,11 +167,12 @@ class LlamaGenerator:
 
         ``first_token_bias`` (text -> logit offset) applies to the first token of each text,
         at the first generated position only. Raises InputError when the prompt leaves no
-        room in the context window.
+        room in the context window, and Interrupted after :meth:`interrupt`.
         """
         import llama_cpp
 
         with self._lock:
+            self._abort.clear()
             t0 = time.perf_counter()
             stats = GenerationStats(finish_reason="aborted")
             self.last_stats = stats
@@ -205,8 +222,13 @@ class LlamaGenerator:
                 tail = decoder.decode(b"", final=True)
                 if tail:
                     yield tail
+            except RuntimeError as exc:  # llama_decode returned 2: the abort callback said so
+                if self._abort.is_set():
+                    raise Interrupted("The answer was stopped before it was finished.") from exc
+                raise
             finally:
                 gen.close()
+                self._abort.clear()  # an interrupt ends with its stream
                 self._last_sequence = tokens + generated
                 stats.completion_tokens = len(generated)
                 if t_first:

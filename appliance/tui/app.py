@@ -32,7 +32,12 @@ from textual.worker import get_current_worker
 
 from appliance.api import Appliance
 from appliance.config import Settings
-from appliance.errors import ApplianceError, InputError, KnowledgeBaseNotFoundError
+from appliance.errors import (
+    ApplianceError,
+    InputError,
+    Interrupted,
+    KnowledgeBaseNotFoundError,
+)
 from appliance.feedback import FeedbackRecord, FeedbackSource, FeedbackStore
 from appliance.generate import MODES, RETRIEVAL_MODES, is_fine_tuned
 from appliance.pipeline import Pipeline
@@ -393,7 +398,7 @@ class ApplianceTUI(App[None]):
             data.model = answer.model
             data.hits = hits
             data.sources = sources_for(answer, hits, self._lookup(data.kb))
-        except _Stopped:
+        except (_Stopped, Interrupted):
             self._ui(self._answer_failed, view, "stopped", None)
         except KnowledgeBaseNotFoundError as exc:
             # The core's message names the CLI command; here the next step is a key.
@@ -435,13 +440,13 @@ class ApplianceTUI(App[None]):
                    for w in self.workers)
 
     def action_stop(self) -> None:
-        """Stop the answer being written (at its next token: a model reading the sources
-        finishes that first)."""
+        """Stop the answer being written, even while the model still reads the sources."""
         if not self._answering():
             return
         for worker in self.workers:
             if worker.group == "ask" and worker.is_running:
                 worker.cancel()
+        self.pipeline.interrupt()
         views = self.main.query(ExchangeView)
         if views:
             views.last().set_pending("Stopping…")
@@ -705,14 +710,14 @@ class ApplianceTUI(App[None]):
         if not busy and not self.busy_threads:
             self.exit()
             return
-        self.notify("Quitting once the model or the ingest stops (a model still reading "
-                    "the sources finishes that first)…", markup=False, timeout=30)
+        self.notify("Quitting once the model or the ingest stops…", markup=False, timeout=30)
         if self.quitting:
             return
         self.quitting = True
         self.status.activity = "quitting…"
         for worker in busy:
             worker.cancel()
+        self.pipeline.interrupt()
         self._quit_when_idle()
 
     @work(group="quit", exit_on_error=False)

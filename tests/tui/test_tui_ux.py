@@ -16,6 +16,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input, Label, ProgressBar, Static
 from textual.widgets.input import Selection
 
+from appliance.errors import Interrupted
 from appliance.generate.prompt import ABSTAIN_SENTENCE
 from appliance.tui import ApplianceTUI, create_app
 from appliance.tui.app import STREAM_INTERVAL
@@ -67,11 +68,35 @@ class PacedGenerator(FakeGenerator):
             self.finished.set()
 
 
-def _paced_app(env: Env, reply: str, **pace: float) -> tuple[ApplianceTUI, list[PacedGenerator]]:
+class InterruptibleGenerator(PacedGenerator):
+    """A paced generator that, like ``LlamaGenerator``, can be interrupted while it still
+    reads the prompt: :meth:`interrupt` ends the wait with Interrupted."""
+
+    def __init__(self, reply: str, model_id: str, **pace: float) -> None:
+        super().__init__(reply, model_id, **pace)
+        self.abort = threading.Event()
+
+    def interrupt(self) -> None:
+        self.abort.set()
+
+    def stream(self, messages: list[dict[str, str]], max_tokens: int,
+               first_token_bias: Any = None) -> Iterator[str]:
+        self.started.set()
+        try:
+            if self.abort.wait(self.first):
+                raise Interrupted("stopped")
+            yield from FakeGenerator.stream(self, messages, max_tokens, first_token_bias)
+        finally:
+            self.finished.set()
+
+
+def _paced_app(env: Env, reply: str, interruptible: bool = False,
+               **pace: float) -> tuple[ApplianceTUI, list[PacedGenerator]]:
     made: list[PacedGenerator] = []
 
     def load(mid: str) -> PacedGenerator:
-        made.append(PacedGenerator(reply, mid, **pace))
+        kind = InterruptibleGenerator if interruptible else PacedGenerator
+        made.append(kind(reply, mid, **pace))
         return made[-1]
 
     pipeline = StablePipeline(env.appliance, loader=load)
@@ -359,3 +384,20 @@ async def test_real_model_quit_right_after_asking_exits_cleanly(
     assert not [w for w in app.workers if w.group in ("ask", "warmup") and w.is_running]
     app.pipeline.close()
     appliance.close()
+
+
+async def test_esc_stops_a_model_still_reading_the_prompt(env: Env) -> None:
+    """Esc interrupts llama.cpp itself (its abort callback), so an answer stops at once,
+    not after the prompt's evaluation (60 s here) and its first token."""
+    app, made = _paced_app(env, "Green tea [1].", interruptible=True, first=60.0)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        view = await _submit(pilot, QUESTION)
+        await _until(pilot, made[-1].started.is_set)
+        await pilot.press("escape")
+        await _until(pilot, made[-1].finished.is_set)  # long before 60 s
+        await settle(pilot)
+        assert made[-1].yielded == 0 and isinstance(made[-1], InterruptibleGenerator)
+        assert made[-1].abort.is_set()
+        assert "stopped" in str(view.query_one(".meta", Label).render())
+        assert not app.query(ErrorDialog)
