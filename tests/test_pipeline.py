@@ -572,3 +572,48 @@ def test_interrupt_stops_prompt_evaluation_and_keeps_the_cache_sound(tmp_path: P
     finally:
         gen.close()
         app.close()
+
+
+_CTRL_C_SCRIPT = """
+import os, signal, sys, threading, time
+from appliance.api import Appliance
+from appliance.generate import load_generator
+app = Appliance()
+gen = load_generator(app.settings, app.registry, sys.argv[1])
+text = " ".join(f"Fact {i}: the valve number {i} is painted blue." for i in range(150))
+messages = [{"role": "user", "content": text + " What colour are the valves?"}]
+def press_ctrl_c():
+    while not gen._lock.locked():
+        time.sleep(0.001)
+    time.sleep(0.1)  # inside the prompt's evaluation
+    os.kill(os.getpid(), signal.SIGINT)
+threading.Thread(target=press_ctrl_c, daemon=True).start()
+pieces = []
+try:
+    for piece in gen.stream(messages, 64):
+        pieces.append(piece)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print(f"KeyboardInterrupt after {len(pieces)} pieces")
+"""
+
+
+@pytest.mark.integration
+def test_ctrl_c_inside_llama_cpp_is_a_keyboard_interrupt(tmp_path: Path) -> None:
+    """SIGINT during a decode lands in the abort callback's Python code; it must still
+    reach the caller as KeyboardInterrupt (ctypes alone would print and drop it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "APPLIANCE_HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_SCRIPT, SMOL], capture_output=True, text=True,
+        env=env, cwd=REPO, timeout=300,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert "KeyboardInterrupt after 0 pieces" in proc.stdout, proc.stdout + proc.stderr
+    assert "Exception ignored" not in proc.stderr, proc.stderr
+    assert "memory module" not in proc.stderr, proc.stderr  # llama.cpp's rollback note

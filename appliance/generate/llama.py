@@ -12,8 +12,10 @@ dicts) gives exact prompt and completion token counts and per-token timings at n
 from __future__ import annotations
 
 import codecs
+import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -125,8 +127,16 @@ class LlamaGenerator:
         import llama_cpp
 
         self._abort = threading.Event()
-        self._abort_callback = llama_cpp.ggml_abort_callback(
-            lambda _data: self._abort.is_set())  # kept: llama.cpp holds only the pointer
+        self._signalled = False
+        """Ctrl+C arrived while llama.cpp ran the abort callback (see _quiet_ctrl_c)."""
+        abort = self._abort
+
+        def should_abort(_data: Any) -> bool:
+            return abort.is_set()
+
+        should_abort.owner = weakref.ref(self)  # type: ignore[attr-defined]
+        _quiet_ctrl_c()
+        self._abort_callback = llama_cpp.ggml_abort_callback(should_abort)  # llama.cpp keeps
         llama_cpp.llama_set_abort_callback(self.llm._ctx.ctx, self._abort_callback, None)
 
     # -- Generator protocol ----------------------------------------------------------------
@@ -157,6 +167,7 @@ class LlamaGenerator:
         keeps what was evaluated before, so the next call reuses it. Without a call in
         progress, nothing happens."""
         if self._lock.locked():
+            _llama_logs(quiet=True)  # "decode: removing memory module entries ...": expected
             self._abort.set()
 
     def stream(
@@ -173,6 +184,7 @@ class LlamaGenerator:
 
         with self._lock:
             self._abort.clear()
+            self._signalled = False
             t0 = time.perf_counter()
             stats = GenerationStats(finish_reason="aborted")
             self.last_stats = stats
@@ -223,12 +235,15 @@ class LlamaGenerator:
                 if tail:
                     yield tail
             except RuntimeError as exc:  # llama_decode returned 2: the abort callback said so
+                if self._signalled:
+                    raise KeyboardInterrupt from None  # Ctrl+C, as if it had come at once
                 if self._abort.is_set():
                     raise Interrupted("The answer was stopped before it was finished.") from exc
                 raise
             finally:
                 gen.close()
                 self._abort.clear()  # an interrupt ends with its stream
+                _llama_logs(quiet=False)
                 self._last_sequence = tokens + generated
                 stats.completion_tokens = len(generated)
                 if t_first:
@@ -371,6 +386,49 @@ class LlamaGenerator:
 
     def __repr__(self) -> str:
         return f"LlamaGenerator({self._id!r}, n_ctx={self.n_ctx}, threads={self.threads})"
+
+
+_HOOKED = False
+
+
+def _quiet_ctrl_c() -> None:
+    """Turn Ctrl+C inside llama.cpp's abort callback into an abort.
+
+    Python runs a signal handler at the next bytecode, and during a decode that is the
+    abort callback's: its KeyboardInterrupt cannot cross the C frames, so ctypes would
+    print "Exception ignored on calling ctypes callback" and drop it. This unraisable hook
+    (installed once, chained to the previous one) catches exactly that case, marks the
+    generator, and makes the callback abort the decode; :meth:`LlamaGenerator.stream`
+    then raises KeyboardInterrupt, as Ctrl+C would have anywhere else.
+    """
+    global _HOOKED
+    if _HOOKED:
+        return
+    _HOOKED = True
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        owner = getattr(unraisable.object, "owner", None)
+        gen = owner() if callable(owner) else None
+        if isinstance(gen, LlamaGenerator) and unraisable.exc_type is not None \
+                and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            gen._signalled = True
+            _llama_logs(quiet=True)
+            gen._abort.set()
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
+def _llama_logs(*, quiet: bool) -> None:
+    """Silence llama.cpp's error log while a decode is aborted on purpose (it reports the
+    rolled-back positions on stderr, which would also scribble over the TUI)."""
+    import logging
+
+    from llama_cpp._logger import logger
+
+    logger.setLevel(logging.CRITICAL + 1 if quiet else logging.ERROR)
 
 
 def _common_prefix(llm: Any, tokens: list[int]) -> int:
