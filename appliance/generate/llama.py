@@ -12,6 +12,7 @@ dicts) gives exact prompt and completion token counts and per-token timings at n
 from __future__ import annotations
 
 import codecs
+import contextlib
 import sys
 import threading
 import time
@@ -170,6 +171,26 @@ class LlamaGenerator:
             _llama_logs(quiet=True)  # "decode: removing memory module entries ...": expected
             self._abort.set()
 
+    @contextlib.contextmanager
+    def _decoding(self) -> Iterator[None]:
+        """Around one call's decodes (the lock held): a decode that the abort callback
+        stopped becomes KeyboardInterrupt (Ctrl+C) or Interrupted (:meth:`interrupt`), and
+        the flags are reset for the next call."""
+        self._abort.clear()
+        self._signalled = False
+        try:
+            yield
+        except RuntimeError as exc:  # llama_decode returned 2: the abort callback said so
+            if self._signalled:
+                raise KeyboardInterrupt from None  # Ctrl+C, as if it had come at once
+            if self._abort.is_set():
+                raise Interrupted("The model was stopped before it finished.") from exc
+            raise
+        finally:
+            self._abort.clear()
+            self._signalled = False
+            _llama_logs(quiet=False)
+
     def stream(
         self, messages: list[dict[str, str]], max_tokens: int,
         first_token_bias: Mapping[str, float] | None = None,
@@ -182,9 +203,7 @@ class LlamaGenerator:
         """
         import llama_cpp
 
-        with self._lock:
-            self._abort.clear()
-            self._signalled = False
+        with self._lock, self._decoding():
             t0 = time.perf_counter()
             stats = GenerationStats(finish_reason="aborted")
             self.last_stats = stats
@@ -234,16 +253,8 @@ class LlamaGenerator:
                 tail = decoder.decode(b"", final=True)
                 if tail:
                     yield tail
-            except RuntimeError as exc:  # llama_decode returned 2: the abort callback said so
-                if self._signalled:
-                    raise KeyboardInterrupt from None  # Ctrl+C, as if it had come at once
-                if self._abort.is_set():
-                    raise Interrupted("The answer was stopped before it was finished.") from exc
-                raise
             finally:
                 gen.close()
-                self._abort.clear()  # an interrupt ends with its stream
-                _llama_logs(quiet=False)
                 self._last_sequence = tokens + generated
                 stats.completion_tokens = len(generated)
                 if t_first:
@@ -284,7 +295,7 @@ class LlamaGenerator:
         """
         if not self._last_sequence or n_sources < 1:
             return None
-        with self._lock:
+        with self._lock, self._decoding():
             choices: dict[int, int] = {}
             for n in range(1, n_sources + 1):
                 ids = self.llm.tokenize(str(n).encode(), add_bos=False, special=False)
@@ -303,7 +314,7 @@ class LlamaGenerator:
     def next_token_logits(self, messages: list[dict[str, str]]) -> Any:
         """The logits (numpy, one per vocabulary entry) of the answer's first token for a
         chat ``messages`` list: what calibration scripts read, without generating."""
-        with self._lock:
+        with self._lock, self._decoding():
             self._last_sequence = []
             return self._next_logits(self.render(messages)).copy()
 
@@ -327,7 +338,7 @@ class LlamaGenerator:
                                       special=False))
         if not cont:
             raise InputError("There is no text to score.")
-        with self._lock:
+        with self._lock, self._decoding():
             self._last_sequence = []
             prompt = self.render(messages)
             seq = prompt + cont
