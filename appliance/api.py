@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from appliance.config import Settings, load_settings
 from appliance.embed import OnnxEmbedder, load_embedder
 from appliance.errors import InputError
 from appliance.ingest.chunking import Chunker, embed_text
-from appliance.ingest.runner import ProgressFn
+from appliance.ingest.runner import ProgressFn, discover
 from appliance.ingest.runner import ingest as run_ingest
 from appliance.models import Registry
 from appliance.retrieve import QuestionLikelihoodReranker, Reranker, Retriever, SearchResult
@@ -79,28 +80,25 @@ class Appliance:
     ) -> IngestReport:
         """Ingest files and folders into ``kb`` (created when missing).
 
-        A knowledge base this call created is removed again when it ends holding no
-        document (nothing could be ingested, or the run was interrupted first), so a
-        misspelt ``--kb`` does not leave an empty one behind.
+        A knowledge base is not created for paths that hold no file to ingest (an empty
+        folder, or only other file types), so a misspelt ``--kb`` leaves nothing behind.
         """
         for path in paths:
             if not os.path.lexists(path):
                 raise InputError(f"{path} does not exist; check the path.")
         self._retrievers.pop(kb, None)
-        created = not os.path.lexists(self.settings.kb_path(kb))
-        empty = False
-        try:
-            with self.open_kb(kb, create=True) as store:
-                try:
-                    return run_ingest(
-                        store, paths, self.embedder, self.chunker(), self.settings.ingest,
-                        collection=collection, prune=prune, progress=progress,
-                    )
-                finally:
-                    empty = created and store.stats()["documents"] == 0
-        finally:
-            if empty:
-                remove_kb(self.settings, kb)
+        if not os.path.lexists(self.settings.kb_path(kb)):
+            started = time.perf_counter()
+            candidates, failed, _ = discover(paths, self.settings.ingest.extensions)
+            if not candidates:
+                report = IngestReport(failed=failed)
+                report.seconds = time.perf_counter() - started
+                return report
+        with self.open_kb(kb, create=True) as store:
+            return run_ingest(
+                store, paths, self.embedder, self.chunker(), self.settings.ingest,
+                collection=collection, prune=prune, progress=progress,
+            )
 
     def retriever(self, kb: str = "default") -> Retriever:
         """A retriever over ``kb``, kept open for later queries."""
