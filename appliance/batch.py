@@ -473,6 +473,8 @@ def run_batch(
         raise InputError(f"{output} is this process's own output, where the summary and "
                          "progress go too; give a separate file path.")
     questions, bad = read_questions(Path(questions_path))
+    if not questions:  # nothing to answer: no output file is made
+        return BatchSummary(total=0, bad_rows=bad, output=str(output))
     if fmt != "jsonl" and output.exists() and not journal.exists():
         raise InputError(f"{output} already exists and no unfinished run of it is recorded "
                          "(it is complete, or another file); remove it or choose another output, "

@@ -320,3 +320,18 @@ def test_grounded_output_keeps_the_path_whole_and_names_what_went_unused(
     assert f"wrote 20 examples to {output}\n" in proc.stdout  # one line, not wrapped
     assert "\nskipped " not in proc.stdout
     assert re.search(r"questions not used +\d+ \(beyond --limit", proc.stdout), proc.stdout
+
+
+@pytest.mark.parametrize(("name", "content", "said"), [
+    ("empty.txt", "", "holds no question to answer;"),
+    ("bad.jsonl", '{"question": ""}\n{broken\n', "(every row was bad, see above)"),
+])
+def test_batch_with_no_question_to_answer_says_so_and_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, content: str,
+        said: str) -> None:
+    questions = tmp_path / name
+    questions.write_text(content, encoding="utf-8")
+    out = tmp_path / "answers.jsonl"
+    code, text = run_main(capsys, "batch", str(questions), "-o", str(out))
+    assert code == 2 and said in text and "nothing left to answer" not in text, text
+    assert not out.exists() and not list(tmp_path.glob("*.partial*"))

@@ -11,6 +11,7 @@ import click
 
 from appliance.batch import run_batch
 from appliance.cli._base import AppContext, cli, err, lit, out, pass_ctx
+from appliance.errors import InputError
 from appliance.pipeline import MODES, Pipeline
 from appliance.types import Answer, page_suffix
 
@@ -176,6 +177,10 @@ def batch(c: AppContext, questions: Path, output: Path, fmt: str | None, kb: str
         pipeline.close()
     for bad in summary.bad_rows:
         err.print(f"[yellow]skipped[/] {lit(bad)}")
+    if not summary.total:
+        raise InputError(f"{questions} holds no question to answer"
+                         + (" (every row was bad, see above)" if summary.bad_rows else "")
+                         + "; give a .txt with one question a line, a .jsonl or a .csv.")
     # "answered" counts abstentions too: say so, so the counts do not read as disjoint
     out.print(f"[bold]{lit(output)}[/]")  # whole, on its own line
     out.print(f"  {summary.answered} answered ({summary.abstained} of them abstained), "
@@ -186,7 +191,7 @@ def batch(c: AppContext, questions: Path, output: Path, fmt: str | None, kb: str
                  else ", nothing generated")
         out.print(f"  latency p50 {summary.p50_ms / 1000:.1f} s, p95 "
                   f"{summary.p95_ms / 1000:.1f} s{speed}")
-    elif not summary.failed:
+    elif summary.skipped and not summary.failed:
         out.print("  nothing left to answer: every question already has its answer in the "
                   "output", markup=False)
     if summary.failed:
