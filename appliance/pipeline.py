@@ -19,9 +19,10 @@ Either way the record's ``answer`` is :data:`ABSTAIN_SENTENCE`, ``citations`` is
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from appliance.config import AnswerSettings, Settings
 from appliance.errors import InputError
@@ -64,6 +65,8 @@ __all__ = [
     "question_id",
     "retrieval_abstains",
 ]
+
+_T = TypeVar("_T")
 
 
 class Searcher(Protocol):
@@ -344,7 +347,27 @@ class Pipeline:
         on_token: Callable[[str], None] | None = None,
         system_prompt: str | None = None,
     ) -> Answer:
-        """Answer one question; see :func:`answer` (``system_prompt``: a prompt variant)."""
+        """Answer one question; see :func:`answer` (``system_prompt``: a prompt variant).
+
+        Called from the main thread, the answer is computed in a worker thread, so that
+        Ctrl+C reaches Python at once (not after llama.cpp's current decode, seconds into a
+        long prompt): it interrupts the model and is raised again when the worker stops.
+        """
+        return _interruptibly(lambda: self._ask(
+            question, kb=kb, mode=mode, model=model, id=id, on_token=on_token,
+            system_prompt=system_prompt), self.interrupt)
+
+    def _ask(
+        self,
+        question: str,
+        *,
+        kb: str,
+        mode: str | None,
+        model: str | None,
+        id: str | None,
+        on_token: Callable[[str], None] | None,
+        system_prompt: str | None,
+    ) -> Answer:
         mode = mode or self.default_mode
         if mode not in MODES:
             raise InputError(f"Unknown mode '{mode}'; use one of {', '.join(MODES)}.")
@@ -380,3 +403,42 @@ class Pipeline:
         self._generators.clear()
 
 
+def _interruptibly(call: Callable[[], _T], interrupt: Callable[[], None]) -> _T:
+    """``call()``, in a worker thread when this is the main thread: Ctrl+C then calls
+    ``interrupt`` at once, waits for the worker to stop and raises KeyboardInterrupt.
+
+    The wait is on an Event, not ``Thread.join``: a join that Ctrl+C interrupts can mark
+    the thread finished while it still runs (CPython's bpo-45274 handling), and the caller
+    would then free a model the worker is using.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return call()
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the calling thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="appliance-answer", daemon=True).start()
+    try:
+        while not done.wait(0.05):
+            pass
+    except KeyboardInterrupt:
+        # Again and again: a worker still loading the model or searching starts decoding
+        # later, and is stopped then. A second Ctrl+C must not leave the worker running
+        # under a caller that frees its model.
+        while not done.is_set():
+            try:
+                interrupt()
+                done.wait(0.05)
+            except KeyboardInterrupt:
+                pass
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return cast(_T, outcome["value"])

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import sys
+import ctypes
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -123,22 +122,15 @@ class LlamaGenerator:
         self.last_stats = GenerationStats()
         self._last_sequence: list[int] = []
         self._lock = threading.Lock()
-        # llama.cpp asks this between two operations of a decode, so interrupt() stops even
-        # the evaluation of a long prompt within milliseconds, not at the next token.
+        # llama.cpp asks its abort callback between two operations of a decode, so
+        # interrupt() stops even the evaluation of a long prompt within milliseconds.
         import llama_cpp
 
         self._abort = threading.Event()
-        self._signalled = False
-        """Ctrl+C arrived while llama.cpp ran the abort callback (see _quiet_ctrl_c)."""
-        abort = self._abort
-
-        def should_abort(_data: Any) -> bool:
-            return abort.is_set()
-
-        should_abort.owner = weakref.ref(self)  # type: ignore[attr-defined]
-        _quiet_ctrl_c()
-        self._abort_callback = llama_cpp.ggml_abort_callback(should_abort)  # llama.cpp keeps
-        llama_cpp.llama_set_abort_callback(self.llm._ctx.ctx, self._abort_callback, None)
+        self._abort_flag = ctypes.create_string_buffer(2)  # [0] = 1: abort
+        self._abort_callback = _flag_reader()  # kept alive: llama.cpp holds the pointer only
+        llama_cpp.llama_set_abort_callback(self.llm._ctx.ctx, self._abort_callback,
+                                           ctypes.cast(self._abort_flag, ctypes.c_void_p))
 
     # -- Generator protocol ----------------------------------------------------------------
 
@@ -170,26 +162,26 @@ class LlamaGenerator:
         if self._lock.locked():
             _llama_logs(quiet=True)  # "decode: removing memory module entries ...": expected
             self._abort.set()
+            self._abort_flag[0] = b"\x01"
 
     @contextlib.contextmanager
     def _decoding(self) -> Iterator[None]:
-        """Around one call's decodes (the lock held): a decode that the abort callback
-        stopped becomes KeyboardInterrupt (Ctrl+C) or Interrupted (:meth:`interrupt`), and
-        the flags are reset for the next call."""
-        self._abort.clear()
-        self._signalled = False
+        """Around one call's decodes (the lock held): a decode that :meth:`interrupt`
+        stopped raises Interrupted, and the flag is reset for the next call."""
+        self._clear_abort()
         try:
             yield
         except RuntimeError as exc:  # llama_decode returned 2: the abort callback said so
-            if self._signalled:
-                raise KeyboardInterrupt from None  # Ctrl+C, as if it had come at once
             if self._abort.is_set():
                 raise Interrupted("The model was stopped before it finished.") from exc
             raise
         finally:
-            self._abort.clear()
-            self._signalled = False
+            self._clear_abort()
             _llama_logs(quiet=False)
+
+    def _clear_abort(self) -> None:
+        self._abort_flag[0] = b"\x00"
+        self._abort.clear()
 
     def stream(
         self, messages: list[dict[str, str]], max_tokens: int,
@@ -399,37 +391,25 @@ class LlamaGenerator:
         return f"LlamaGenerator({self._id!r}, n_ctx={self.n_ctx}, threads={self.threads})"
 
 
-_HOOKED = False
+def _flag_reader() -> Any:
+    """An abort callback that reads a flag without running any Python.
 
-
-def _quiet_ctrl_c() -> None:
-    """Turn Ctrl+C inside llama.cpp's abort callback into an abort.
-
-    Python runs a signal handler at the next bytecode, and during a decode that is the
-    abort callback's: its KeyboardInterrupt cannot cross the C frames, so ctypes would
-    print "Exception ignored on calling ctypes callback" and drop it. This unraisable hook
-    (installed once, chained to the previous one) catches exactly that case, marks the
-    generator, and makes the callback abort the decode; :meth:`LlamaGenerator.stream`
-    then raises KeyboardInterrupt, as Ctrl+C would have anywhere else.
+    llama.cpp calls the callback after every operation of a decode (hundreds a token); a
+    Python callback would need the GIL each time and wait up to 5 ms whenever another
+    thread (the TUI's) runs Python, slowing generation many times over. libc's ``strlen``
+    serves as the C predicate instead: on the two-byte flag buffer passed as its data it
+    returns 1 once the first byte is set and 0 otherwise, which the ``bool`` return reads
+    as abort / go on.
     """
-    global _HOOKED
-    if _HOOKED:
-        return
-    _HOOKED = True
-    previous = sys.unraisablehook
+    import ctypes.util
 
-    def hook(unraisable: Any) -> None:
-        owner = getattr(unraisable.object, "owner", None)
-        gen = owner() if callable(owner) else None
-        if isinstance(gen, LlamaGenerator) and unraisable.exc_type is not None \
-                and issubclass(unraisable.exc_type, KeyboardInterrupt):
-            gen._signalled = True
-            _llama_logs(quiet=True)
-            gen._abort.set()
-            return
-        previous(unraisable)
+    import llama_cpp
 
-    sys.unraisablehook = hook
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    address = ctypes.cast(libc.strlen, ctypes.c_void_p).value
+    if not address:  # pragma: no cover - every libc has strlen
+        raise ModelError("libc's strlen was not found; llama.cpp cannot be interrupted.")
+    return llama_cpp.ggml_abort_callback(address)
 
 
 def _llama_logs(*, quiet: bool) -> None:
