@@ -315,7 +315,8 @@ def kb_remove(c: AppContext, name: str, yes: bool) -> None:
     if not yes:
         path = c.app.settings.kb_path(name)
         try:
-            what = f"{c.app.kb_stats(name)['documents']} documents, {path}"
+            n = c.app.kb_stats(name)["documents"]
+            what = f"{n} document{'' if n == 1 else 's'}, {path}"
         except ApplianceError:  # an unreadable file can still be removed
             what = f"unreadable, {path}"
         confirm(f"Delete knowledge base '{name}' ({what})?", yes)
