@@ -176,7 +176,7 @@ def test_kb_remove_without_a_terminal_says_pass_yes(tmp_path: Path) -> None:
     proc = run80("kb", "remove", "keepme", home=home, stdin="n\n")
     said = unwrapped(proc.stderr)
     assert proc.returncode == 1 and "Nothing was removed." in said
-    assert "(1 documents," in said and str(kb_file) in said  # what would be deleted
+    assert "(1 document," in said and str(kb_file) in said  # what would be deleted
     assert kb_file.is_file()
     proc = run80("kb", "remove", "keepme", home=home, stdin="y\n")  # a piped yes still works
     assert proc.returncode == 0 and not kb_file.exists()

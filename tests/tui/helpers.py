@@ -18,13 +18,20 @@ async def settle(pilot: Pilot[None]) -> None:
         await pilot.pause()
 
 
-async def ask(pilot: Pilot[None], question: str) -> ExchangeView:
-    """Type ``question``, press Enter, wait for the answer; returns its view."""
+async def submit(pilot: Pilot[None], question: str) -> ExchangeView:
+    """Type ``question`` and press Enter, without waiting for the answer; returns its view."""
     app = pilot.app
     assert isinstance(app, ApplianceTUI)
     box = app.main.query_one(QuestionInput)
     box.focus()
     box.value = question
     await pilot.press("enter")
-    await settle(pilot)
+    await pilot.pause()
     return list(app.main.query(ExchangeView))[-1]
+
+
+async def ask(pilot: Pilot[None], question: str) -> ExchangeView:
+    """Type ``question``, press Enter, wait for the answer; returns its view."""
+    view = await submit(pilot, question)
+    await settle(pilot)
+    return view

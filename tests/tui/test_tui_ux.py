@@ -29,7 +29,7 @@ from appliance.tui.widgets import (
     closest_sections,
 )
 from tests.tui.conftest import QUESTION, SMALL_MODEL, Env, FakeGenerator, StablePipeline
-from tests.tui.helpers import ask, settle
+from tests.tui.helpers import ask, settle, submit
 
 pytestmark = pytest.mark.anyio
 
@@ -101,17 +101,6 @@ def _paced_app(env: Env, reply: str, interruptible: bool = False,
 
     pipeline = StablePipeline(env.appliance, loader=load)
     return create_app(env.appliance, pipeline=pipeline, mode="rag"), made
-
-
-async def _submit(pilot: Pilot[None], question: str) -> ExchangeView:
-    app = pilot.app
-    assert isinstance(app, ApplianceTUI)
-    box = app.main.query_one(QuestionInput)
-    box.focus()
-    box.value = question
-    await pilot.press("enter")
-    await pilot.pause()
-    return list(app.main.query(ExchangeView))[-1]
 
 
 async def _until(pilot: Pilot[None], done: Callable[[], bool], seconds: float = 10.0) -> None:
@@ -186,7 +175,7 @@ async def test_stream_is_shown_in_batches_while_the_ui_keeps_running(
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
         app.set_interval(0.02, lambda: ticks.append(time.monotonic()))
-        view = await _submit(pilot, QUESTION)
+        view = await submit(pilot, QUESTION)
         await _until(pilot, lambda: bool(shown))
         assert not view.has_class("-done")  # the first words are on screen mid-answer
         await settle(pilot)
@@ -214,7 +203,7 @@ async def test_ctrl_c_stops_the_answer_and_otherwise_says_how_to_quit(env: Env) 
         await pilot.press("ctrl+c")
         assert any("Ctrl+Q" in n for n in _notes(app))
         app.clear_notifications()
-        view = await _submit(pilot, QUESTION)
+        view = await submit(pilot, QUESTION)
         await _until(pilot, lambda: "word" in view.markdown.source)
         await pilot.press("ctrl+c")
         await settle(pilot)
@@ -252,7 +241,7 @@ async def test_quit_while_the_model_reads_the_prompt_waits_for_it_then_exits(
     app, made = _paced_app(env, "Green tea [1].", first=1.0)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
-        view = await _submit(pilot, QUESTION)
+        view = await submit(pilot, QUESTION)
         await _until(pilot, made[-1].started.is_set)
         await pilot.press("escape")
         label = view.query_one(".pending-label", Label)
@@ -378,7 +367,7 @@ async def test_real_model_quit_right_after_asking_exits_cleanly(
     app = create_app(appliance, model=SMALL_MODEL, mode="rag")
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)  # the model is loaded
-        await _submit(pilot, QUESTION)
+        await submit(pilot, QUESTION)
         await pilot.press("ctrl+q")
         await _until(pilot, lambda: not app.is_running, seconds=120)
     assert not [w for w in app.workers if w.group in ("ask", "warmup") and w.is_running]
@@ -392,7 +381,7 @@ async def test_esc_stops_a_model_still_reading_the_prompt(env: Env) -> None:
     app, made = _paced_app(env, "Green tea [1].", interruptible=True, first=60.0)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
-        view = await _submit(pilot, QUESTION)
+        view = await submit(pilot, QUESTION)
         await _until(pilot, made[-1].started.is_set)
         await pilot.press("escape")
         await _until(pilot, made[-1].finished.is_set)  # long before 60 s
