@@ -87,17 +87,16 @@ class Appliance:
             if not os.path.lexists(path):
                 raise InputError(f"{path} does not exist; check the path.")
         self._retrievers.pop(kb, None)
+        found = None
         if not os.path.lexists(self.settings.kb_path(kb)):
             started = time.perf_counter()
-            candidates, failed, _ = discover(paths, self.settings.ingest.extensions)
-            if not candidates:
-                report = IngestReport(failed=failed)
-                report.seconds = time.perf_counter() - started
-                return report
+            found = discover(paths, self.settings.ingest.extensions)
+            if not found[0]:
+                return IngestReport(failed=found[1], seconds=time.perf_counter() - started)
         with self.open_kb(kb, create=True) as store:
             return run_ingest(
                 store, paths, self.embedder, self.chunker(), self.settings.ingest,
-                collection=collection, prune=prune, progress=progress,
+                collection=collection, prune=prune, progress=progress, found=found,
             )
 
     def retriever(self, kb: str = "default") -> Retriever:

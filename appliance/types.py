@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
     "CONTROL_CHARS",
+    "FLAG_NOTES",
+    "NOT_GENERATED",
     "Answer",
     "Chunk",
     "Citation",
@@ -22,8 +24,10 @@ __all__ = [
     "IngestReport",
     "LoadedDocument",
     "Section",
+    "answer_notes",
     "page_suffix",
     "strip_controls",
+    "unique_sections",
 ]
 
 
@@ -154,6 +158,47 @@ class Citation:
 def page_suffix(page: int | None) -> str:
     """`` p. 12`` for a source on page 12, empty when it has no page."""
     return f" p. {page}" if page else ""
+
+
+class _Located(Protocol):
+    @property
+    def path(self) -> str: ...
+    @property
+    def page(self) -> int | None: ...
+    @property
+    def heading(self) -> str: ...
+
+
+_S = TypeVar("_S", bound=_Located)
+
+
+def unique_sections(sources: Iterable[_S]) -> list[_S]:
+    """``sources`` with one per section (file, page, heading), first kept: two passages of
+    one section would read as the same line twice in a list of closest sources."""
+    seen: set[tuple[str, int | None, str]] = set()
+    kept: list[_S] = []
+    for s in sources:
+        key = (s.path, s.page, s.heading)
+        if key not in seen:
+            seen.add(key)
+            kept.append(s)
+    return kept
+
+
+FLAG_NOTES = {
+    "abstained:retrieval": "not generated: no passage scored close enough to the question",
+    "abstained:no_hits": "not generated: the knowledge base returned no passage",
+    "stopped:loop": "stopped: the model began repeating itself",
+    "max_tokens": "cut off at the token limit",
+}
+"""What an answer's flags mean to a reader (``ask``'s footer, the TUI's line under it)."""
+NOT_GENERATED = ("abstained:retrieval", "abstained:no_hits")
+"""Flags of an abstention decided before the model ran."""
+
+
+def answer_notes(answer: Answer) -> list[str]:
+    """The :data:`FLAG_NOTES` of ``answer``'s flags, in that order."""
+    return [note for flag, note in FLAG_NOTES.items() if flag in answer.flags]
 
 
 @dataclass

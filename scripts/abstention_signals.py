@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from calibrate_margin import DEFAULT_SQUAD, held_out_dev, margin_of  # noqa: E402
+from calibrate_margin import auc_of, dev_arguments, held_out_dev, margin_of  # noqa: E402
 
 Row = dict[str, Any]
 
@@ -122,21 +122,13 @@ def _negated(signal: Callable[[Row], float]) -> Callable[[Row], float]:
 
 def auc(rows: list[Row], signal: Callable[[Row], float]) -> float:
     """P(signal of an unanswerable question > signal of an answerable one), ties half."""
-    ans = [signal(r) for r in rows if r["answerable"]]
-    una = [signal(r) for r in rows if not r["answerable"]]
-    pairs = len(ans) * len(una)
-    return sum((u > a) + 0.5 * (u == a) for u in una for a in ans) / pairs if pairs else 0.5
+    return auc_of([signal(r) for r in rows if not r["answerable"]],
+                  [signal(r) for r in rows if r["answerable"]])
 
 
 def main(argv: list[str] | None = None) -> int:
     """Measure (or resume), then print the AUC table and the coverage thresholds."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="registry id of the grounded model")
-    p.add_argument("--squad", type=Path, default=DEFAULT_SQUAD)
-    p.add_argument("--kb", default="squad-dev", help="knowledge base of the dev articles")
-    p.add_argument("--exclude", type=Path, help="the adapter's training data (chat JSONL)")
-    p.add_argument("--n", type=int, default=100, help="questions of each kind, at most")
-    p.add_argument("--seed", type=int, default=11)
+    p = dev_arguments(__doc__.split("\n\n")[0], n=100, seed=11)
     p.add_argument("--out", type=Path, required=True, help="journal of per-question rows")
     p.add_argument("--answers", action="store_true",
                    help="also answer each question and read the answer's token probabilities")

@@ -111,6 +111,27 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def auc_of(positives: Sequence[float], negatives: Sequence[float]) -> float:
+    """P(a positive scores above a negative), ties counting half (NaN without both)."""
+    if not positives or not negatives:
+        return float("nan")
+    return (sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+            / (len(positives) * len(negatives)))
+
+
+def dev_arguments(description: str, *, n: int, seed: int) -> argparse.ArgumentParser:
+    """The options every held-out-dev script takes: the model, the SQuAD file, the dev
+    knowledge base, the training data to leave out, how many questions, the seed."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", required=True, help="registry id of the grounded model")
+    p.add_argument("--squad", type=Path, default=DEFAULT_SQUAD)
+    p.add_argument("--kb", default="squad-dev", help="knowledge base of the dev articles")
+    p.add_argument("--exclude", type=Path, help="the adapter's training data (chat JSONL)")
+    p.add_argument("--n", type=int, default=n, help="questions of each kind, at most")
+    p.add_argument("--seed", type=int, default=seed)
+    return p
+
+
 def summarise(rows: list[dict[str, Any]], max_false: float) -> dict[str, Any]:
     """Rates per candidate margin, the AUC, and the suggested margin."""
     ans = [r for r in rows if r["answerable"]]
@@ -123,10 +144,8 @@ def summarise(rows: list[dict[str, Any]], max_false: float) -> dict[str, Any]:
               "false_abstention": sum(abstains(r, m) for r in ans) / max(len(ans), 1),
               "unanswerable_abstained": sum(abstains(r, m) for r in una) / max(len(una), 1)}
              for m in CANDIDATES]
-    ma = [r["margin"] for r in ans if "margin" in r]
-    mu = [r["margin"] for r in una if "margin" in r]
-    auc = (sum((u > a) + 0.5 * (u == a) for u in mu for a in ma) / (len(mu) * len(ma))
-           if ma and mu else float("nan"))
+    auc = auc_of([r["margin"] for r in una if "margin" in r],
+                 [r["margin"] for r in ans if "margin" in r])
     ok = [t["margin"] for t in table if t["false_abstention"] <= max_false]
     return {"table": table, "auc": auc, "suggested": min(ok) if ok else None,
             "answerable": len(ans), "unanswerable": len(una)}
@@ -134,13 +153,7 @@ def summarise(rows: list[dict[str, Any]], max_false: float) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Measure, print the table, optionally write the rows as JSON."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="registry id of the grounded model")
-    p.add_argument("--squad", type=Path, default=DEFAULT_SQUAD)
-    p.add_argument("--kb", default="squad-dev", help="knowledge base of the dev articles")
-    p.add_argument("--exclude", type=Path, help="the adapter's training data (chat JSONL)")
-    p.add_argument("--n", type=int, default=50, help="questions of each kind")
-    p.add_argument("--seed", type=int, default=7)
+    p = dev_arguments(__doc__.split("\n\n")[0], n=50, seed=7)
     p.add_argument("--max-false", type=float, default=0.15)
     p.add_argument("--home", type=Path, help="data directory (default: the usual one)")
     p.add_argument("--json", type=Path, help="write the per-question rows here")

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -335,3 +336,30 @@ def test_batch_with_no_question_to_answer_says_so_and_writes_nothing(
     code, text = run_main(capsys, "batch", str(questions), "-o", str(out))
     assert code == 2 and said in text and "nothing left to answer" not in text, text
     assert not out.exists() and not list(tmp_path.glob("*.partial*"))
+
+
+def test_a_new_knowledge_base_walks_the_folder_once(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import appliance.api
+    import appliance.ingest.runner as runner
+    from appliance.api import Appliance
+    from appliance.config import load_settings
+
+    walks: list[int] = []
+    real = runner.discover
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        walks.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(appliance.api, "discover", counted)
+    monkeypatch.setattr(runner, "discover", counted)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nQuokkas live on Rottnest Island.\n", encoding="utf-8")
+    app = Appliance(load_settings(home=tmp_path / "home"))
+    try:
+        assert app.ingest([docs], kb="new").added == 1 and len(walks) == 1
+        assert app.ingest([docs], kb="new").unchanged == 1 and len(walks) == 2  # KB exists
+    finally:
+        app.close()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from appliance.cli.answer import _closest_lines, timing_line
+from appliance.cli.answer import timing_line
 from appliance.demo import SAMPLE_QUESTIONS
-from appliance.types import Answer, Citation
+from appliance.types import FLAG_NOTES, Answer, Citation, unique_sections
 from tests.conftest import run_cli, unwrapped
 
 SMOL = "smollm2-135m-instruct-q4_1"
@@ -40,13 +40,26 @@ def test_timing_line_says_why_nothing_was_generated() -> None:
     assert "returned no passage" in timing_line(empty)
 
 
+def test_answer_meta_puts_the_reason_first_as_the_cli_words_it() -> None:
+    from appliance.tui.widgets import answer_meta
+
+    skipped = _answer(abstained=True, flags=["abstained:retrieval"])
+    assert answer_meta(skipped) == ("not generated: no passage scored close enough to the "
+                                    "question · hybrid · m")
+    assert FLAG_NOTES["abstained:retrieval"] in timing_line(skipped)  # the same words
+    by_model = _answer(abstained=True, flags=["abstained:model"])
+    assert answer_meta(by_model) == "abstained · hybrid · m"
+    looped = _answer(flags=["stopped:loop", "max_tokens"])
+    assert answer_meta(looped) == ("stopped: the model began repeating itself · cut off at "
+                                   "the token limit · hybrid · m")
+
+
 def test_closest_sources_list_each_section_once() -> None:
     answer = _answer(abstained=True, closest=[
         _cite(1, "/d/a.rst", "A > B"), _cite(2, "/d/a.rst", "A > B"),
         _cite(3, "/d/m.pdf", "Intro", page=3), _cite(4, "/d/m.pdf", "Intro", page=4),
         _cite(5, "/d/a.rst", "A > C")])
-    assert _closest_lines(answer) == [
-        "a.rst  A > B", "m.pdf p. 3  Intro", "m.pdf p. 4  Intro", "a.rst  A > C"]
+    assert [c.n for c in unique_sections(answer.closest)] == [1, 3, 4, 5]
 
 
 def test_demo_answers_with_citations_and_admits_what_the_corpus_lacks(

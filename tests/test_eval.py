@@ -673,3 +673,17 @@ def test_load_beir(tmp_path: Path) -> None:
     qrels.write_bytes(b"q1\td1\t1\nq2\td\xff2\t1\n")
     with pytest.raises(InputError, match=r"not UTF-8 text \(line 2\)"):
         load_beir(tmp_path / "beir")
+
+
+def test_an_eval_set_without_questions_says_why_in_cli_and_api_alike() -> None:
+    from appliance.batch import BadRow
+    from appliance.evaluate.runner import EvalSet, require_questions
+
+    require_questions(EvalSet(items=[EvalItem(id="q", question="Q?", answers=["a"],
+                                              answerable=True)], source="s.jsonl",
+                              kind="jsonl"))  # one question: fine
+    with pytest.raises(InputError, match="none of its 2 rows can be used"):
+        require_questions(EvalSet(items=[], source="s.jsonl", kind="jsonl",
+                                  bad_rows=[BadRow(1, "x"), BadRow(2, "y")]))
+    with pytest.raises(InputError, match=r"chosen articles \(none\) hold none.*--articles"):
+        require_questions(EvalSet(items=[], source="squad.json", kind="squad"))

@@ -26,7 +26,13 @@ from appliance.config import load_settings
 if TYPE_CHECKING:
     from appliance.api import Appliance
 
-__all__ = ["cli", "confirm", "describe", "err", "lit", "out", "pass_ctx", "progress_bar"]
+__all__ = ["cli", "confirm", "count", "describe", "err", "lit", "out", "pass_ctx",
+           "progress_bar"]
+
+
+def count(n: int, noun: str) -> str:
+    """``1 example``, ``3 examples``: ``n`` and ``noun`` (a regular plural)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def lit(value: object) -> str:

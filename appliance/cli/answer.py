@@ -13,7 +13,7 @@ from appliance.batch import run_batch
 from appliance.cli._base import AppContext, cli, err, lit, out, pass_ctx
 from appliance.errors import InputError
 from appliance.pipeline import MODES, Pipeline
-from appliance.types import Answer, page_suffix
+from appliance.types import FLAG_NOTES, NOT_GENERATED, Answer, page_suffix, unique_sections
 
 __all__: list[str] = []
 
@@ -23,27 +23,15 @@ _MODE_HELP = (
 )
 
 
-def _closest_lines(answer: Answer) -> list[str]:
-    """One line per closest section: two passages of one section are one line."""
-    seen: set[tuple[str, int | None, str]] = set()
-    lines: list[str] = []
-    for c in answer.closest:
-        key = (c.path, c.page, c.heading)
-        if key in seen:
-            continue
-        seen.add(key)
-        lines.append(f"{os.path.basename(c.path)}{page_suffix(c.page)}  {c.heading}")
-    return lines
-
-
 def print_sources(answer: Answer, full_paths: bool = True) -> None:
     """Print the cited sources, or, for an abstention, the closest sections."""
     if answer.abstained:
-        lines = _closest_lines(answer)
-        if lines:
+        closest = unique_sections(answer.closest)
+        if closest:
             out.print("[dim]Closest sources:[/]")
-        for line in lines:
-            out.print(f"  [dim]- {lit(line)}[/]")
+        for c in closest:
+            out.print(f"  [dim]- {lit(os.path.basename(c.path))}{page_suffix(c.page)}  "
+                      f"{lit(c.heading)}[/]")
         return
     if not answer.citations:
         out.print("[yellow]No source cited.[/]")
@@ -63,10 +51,9 @@ def timing_line(answer: Answer) -> str:
     nb = "\u00a0"
     head = (f"{answer.mode} · {answer.model} · {t.get('total', 0) / 1000:.1f}{nb}s "
             f"(search{nb}{t.get('embed', 0) + t.get('search', 0):.0f}{nb}ms")
-    if "abstained:retrieval" in answer.flags:
-        return head + "; not generated: no passage scored close enough to the question)"
-    if "abstained:no_hits" in answer.flags:
-        return head + "; not generated: the knowledge base returned no passage)"
+    skipped = [FLAG_NOTES[f] for f in NOT_GENERATED if f in answer.flags]
+    if skipped:
+        return head + "; " + skipped[0] + ")"
     if not answer.tokens.get("completion"):
         return head + "; nothing generated)"
     return (head + f", generate{nb}{t.get('generate', 0) / 1000:.1f}{nb}s) · "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from appliance.cli._base import (
     AppContext,
     cli,
     confirm,
+    count,
     describe,
     err,
     lit,
@@ -26,8 +28,7 @@ from appliance.cli._base import (
 )
 from appliance.config import RetrieveSettings
 from appliance.errors import ApplianceError, InputError, KnowledgeBaseNotFoundError
-from appliance.files import format_bytes as human_size
-from appliance.files import read_text
+from appliance.files import format_bytes, read_text
 from appliance.types import page_suffix, strip_controls
 
 # -- ingest ----------------------------------------------------------------------------------
@@ -129,8 +130,9 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
     else:
         raise InputError("Give a query, or --queries FILE with one query per line.")
     prefix = os.path.abspath(path_prefix) if path_prefix else None
+    stats = functools.cache(lambda: c.app.kb_stats(kb))  # read once, and only if needed
     if collection is not None:  # a misspelt collection must not read as "no match"
-        known = c.app.kb_stats(kb)["collections"]
+        known = stats()["collections"]
         if collection not in known:
             raise InputError(
                 f"Knowledge base '{kb}' has no collection '{collection}' (it has: "
@@ -146,7 +148,7 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
                   f"{result.timings_ms['search']:.0f} ms search"
                   + (f", {rerank_ms:.0f} ms rerank" if rerank_ms is not None else "") + ")[/]")
         if not result.hits:
-            if c.app.kb_stats(kb)["documents"] == 0:
+            if stats()["documents"] == 0:
                 out.print(f"  [yellow]no match: knowledge base '{lit(kb)}' holds no documents "
                           f"yet;[/]\n  [yellow]add some with `appliance ingest PATH --kb "
                           f"{lit(kb)}`[/]")
@@ -263,7 +265,7 @@ def kb_list(c: AppContext, as_json: bool) -> None:
             table.add_row(lit(s["name"]), "", "", "", f"[red]unreadable:[/] {lit(s['error'])}")
             continue
         table.add_row(lit(s["name"]), str(s["documents"]), str(s["chunks"]),
-                      human_size(s["size_bytes"]), lit(s["embedder"]))
+                      format_bytes(s["size_bytes"]), lit(s["embedder"]))
     out.print(table)
     if any("error" in s for s in stats):
         sys.exit(3)
@@ -279,10 +281,10 @@ def kb_stats(c: AppContext, name: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(s))
         return
-    collections = ", ".join(f"{name} ({n} document{'' if n == 1 else 's'})"
+    collections = ", ".join(f"{name} ({count(n, 'document')})"
                             for name, n in sorted(s["collections"].items()))
     rows = [("name", s["name"]), ("path", s["path"]), ("documents", s["documents"]),
-            ("chunks", s["chunks"]), ("size", human_size(s["size_bytes"])),
+            ("chunks", s["chunks"]), ("size", format_bytes(s["size_bytes"])),
             ("embedder", f"{s['embedder']} ({s['embedder_dim']} dimensions)"
              if s["embedder_dim"] else str(s["embedder"] or "none recorded")),
             ("schema version", s["schema_version"]), ("collections", collections or "none")]
@@ -315,8 +317,7 @@ def kb_remove(c: AppContext, name: str, yes: bool) -> None:
     if not yes:
         path = c.app.settings.kb_path(name)
         try:
-            n = c.app.kb_stats(name)["documents"]
-            what = f"{n} document{'' if n == 1 else 's'}, {path}"
+            what = f"{count(c.app.kb_stats(name)['documents'], 'document')}, {path}"
         except ApplianceError:  # an unreadable file can still be removed
             what = f"unreadable, {path}"
         confirm(f"Delete knowledge base '{name}' ({what})?", yes)
@@ -367,7 +368,7 @@ def models_list(c: AppContext, as_json: bool) -> None:
             default = "/".join(uses.get(e.id, []))
         else:
             default = e.role if e.default else ""
-        size = human_size(e.size or 0) if e.path.is_file() else "[red]missing[/]"
+        size = format_bytes(e.size or 0) if e.path.is_file() else "[red]missing[/]"
         table.add_row(lit(e.id), e.role, e.origin, size, default)
     out.print(table)
 

@@ -61,6 +61,7 @@ def eval_command(c: AppContext, eval_set: Path, kb: str, modes: str | None, mode
         load_eval_set,
         parse_modes,
         prepare_squad_kb,
+        require_questions,
         run_eval,
     )
     from appliance.pipeline import Pipeline
@@ -72,16 +73,7 @@ def eval_command(c: AppContext, eval_set: Path, kb: str, modes: str | None, mode
                          max_question_chars=app.settings.answer.max_question_chars)
     for bad in data.bad_rows:
         err.print(f"[yellow]skipped[/] {lit(eval_set.name)} {lit(bad)}")
-    if not data.items:
-        if data.bad_rows:
-            raise InputError(f"{eval_set} has no usable question: none of its "
-                             f"{len(data.bad_rows)} rows can be used (reasons listed above); "
-                             "fix them and rerun.")
-        what = (f"the chosen articles ({', '.join(a.title for a in data.articles) or 'none'}) "
-                "hold" if data.kind == "squad" else "it holds")
-        raise InputError(f"{eval_set} has no question to evaluate: {what} none; give an eval "
-                         "set with questions" + (" or other --articles." if data.kind == "squad"
-                                                 else "."))
+    require_questions(data)  # before a SQuAD knowledge base is built for nothing
     err.print(f"[bold]Eval set[/] {lit(data.describe())}")
     if data.kind == "squad" and (force_ingest or kb not in app.list_kbs()):
         with progress_bar(f"Ingesting into '{kb}'", not as_json) as update:

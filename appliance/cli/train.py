@@ -21,6 +21,7 @@ from appliance.cli._base import (
     AppContext,
     cli,
     confirm,
+    count,
     err,
     lit,
     out,
@@ -40,7 +41,7 @@ def _print_report(report: DataReport, limit: int = 20) -> None:
     counts = report.counts()
     parts = [f"{counts['examples']} valid", f"{counts['invalid']} invalid"]
     parts += [f"{counts[k]} {label}" for k, label in KIND_LABELS.items() if counts[k]]
-    lines = f"{counts['lines']} line{'' if counts['lines'] == 1 else 's'}"
+    lines = count(counts["lines"], "line")
     if counts["blank"]:
         lines += f" ({counts['blank']} blank)"
     err.print(f"[bold]{lit(report.path)}[/]: {lines}: " + ", ".join(parts))
@@ -302,7 +303,7 @@ def train_data_grounded(c: AppContext, output: Path, squad: Path, split: str, kb
     check_output_file(output, force=force, inputs=[squad])  # still so, after the work
     n = write_chat_jsonl(examples, output)
     # the path whole, outside the table
-    out.print(f"wrote {n} example{'' if n == 1 else 's'} to {lit(output)}")
+    out.print(f"wrote {count(n, 'example')} to {lit(output)}")
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_row("answer (cited)", str(report.answer))
     table.add_row("abstain: unanswerable", str(report.abstain_unanswerable))

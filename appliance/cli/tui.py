@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from appliance.cli._base import AppContext, cli, out, pass_ctx
+from appliance.cli._base import AppContext, cli, count, out, pass_ctx
 from appliance.generate import MODES
 
 __all__ = ["feedback", "feedback_export", "tui"]
@@ -61,8 +61,7 @@ def feedback_export(c: AppContext, output: Path, kb: str | None, force: bool,
     if as_json:
         click.echo(json.dumps(report.to_json()))
         return
-    noun = "example" if report.written == 1 else "examples"
-    out.print(f"wrote {report.written} {noun} to {output}", markup=False)
+    out.print(f"wrote {count(report.written, 'example')} to {output}", markup=False)
     if not report.written and not (report.skipped_bad or report.skipped_sources):
         scope = f" from knowledge base '{kb}'" if kb else ""
         out.print(f"  no rated answers{scope} yet; rate answers in `appliance tui` with\n"

@@ -70,6 +70,7 @@ __all__ = [
     "load_eval_set",
     "parse_modes",
     "prepare_squad_kb",
+    "require_questions",
     "resolve_models",
     "run_eval",
     "select_articles",
@@ -295,6 +296,22 @@ def _is_own_file(path: Path) -> bool:
     return isinstance(row, dict) and {"id", "question", "answers", "answerable"} <= set(row)
 
 
+def require_questions(eval_set: EvalSet) -> None:
+    """InputError naming why, unless ``eval_set`` has a question to evaluate."""
+    if eval_set.items:
+        return
+    source = eval_set.source
+    if eval_set.bad_rows:
+        raise InputError(f"{source} has no usable question: none of its "
+                         f"{len(eval_set.bad_rows)} rows can be used (reasons listed above); "
+                         "fix them and rerun.")
+    squad = eval_set.kind == "squad"
+    what = (f"the chosen articles ({', '.join(a.title for a in eval_set.articles) or 'none'}) "
+            "hold" if squad else "it holds")
+    raise InputError(f"{source} has no question to evaluate: {what} none; give an eval set "
+                     "with questions" + (" or other --articles." if squad else "."))
+
+
 def check_report_dir(out_dir: Path, inputs: Sequence[Path | str] = ()) -> None:
     """InputError unless ``eval`` may write its report into ``out_dir``, changing nothing.
 
@@ -471,9 +488,8 @@ def run_eval(
     ``out_dir``; :func:`appliance.evaluate.report.write_reports` renders the result.
     """
     t0 = time.perf_counter()
+    require_questions(eval_set)
     items = eval_set.items
-    if not items:
-        raise InputError(f"{eval_set.source} has no usable question; check the file.")
     out_dir = Path(out_dir)
     check_report_dir(out_dir, inputs=[eval_set.source])
     try:

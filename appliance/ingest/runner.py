@@ -26,7 +26,7 @@ from appliance.ingest.sandbox import LoaderSandbox
 from appliance.store import KnowledgeBase
 from appliance.types import Embedder, FailedFile, IngestReport
 
-__all__ = ["Candidate", "discover", "ingest"]
+__all__ = ["Candidate", "Found", "discover", "ingest"]
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -39,9 +39,11 @@ class Candidate:
     root: str
 
 
-def discover(
-    paths: Sequence[Path], extensions: Sequence[str]
-) -> tuple[list[Candidate], list[FailedFile], list[str]]:
+Found = tuple[list[Candidate], list[FailedFile], list[str]]
+"""What :func:`discover` finds: files to ingest, files that cannot be, folder roots walked."""
+
+
+def discover(paths: Sequence[Path], extensions: Sequence[str]) -> Found:
     """Files to ingest under ``paths``, files that cannot be, and the folder roots walked.
 
     Folders are walked without following symlinked folders (no cycles); hidden entries are
@@ -116,12 +118,16 @@ def ingest(
     collection: str = "default",
     prune: bool = False,
     progress: ProgressFn | None = None,
+    found: Found | None = None,
 ) -> IngestReport:
-    """Bring ``kb`` up to date with the files under ``paths``; return the report."""
+    """Bring ``kb`` up to date with the files under ``paths``; return the report.
+
+    ``found`` is :func:`discover`'s result for ``paths`` when the caller already walked
+    them (so a large tree is walked once)."""
     started = time.perf_counter()
     report = IngestReport()
     kb.bind_embedder(embedder)
-    candidates, failed, roots = discover(paths, settings.extensions)
+    candidates, failed, roots = found or discover(paths, settings.extensions)
     report.failed.extend(failed)
     total = len(candidates)
     with LoaderSandbox(settings) as sandbox:

@@ -31,7 +31,14 @@ from textual.widgets.markdown import MarkdownStream
 from textual.widgets.option_list import Option
 
 from appliance.tui.sources import SourceView, display_path, linkify_citations, printable
-from appliance.types import Answer, Hit, page_suffix
+from appliance.types import (
+    NOT_GENERATED,
+    Answer,
+    Hit,
+    answer_notes,
+    page_suffix,
+    unique_sections,
+)
 
 __all__ = [
     "CitationLink",
@@ -262,7 +269,7 @@ class ExchangeView(Vertical):
         shown = [s for s in data.sources if s.cited] if not answer.abstained else []
         if answer.abstained and data.sources:
             await box.mount(Label("Closest sources:", classes="closest-label"))
-            shown = closest_sections(data.sources[: max(1, len(answer.closest))])
+            shown = unique_sections(data.sources[: max(1, len(answer.closest))])
         await box.mount_all([CitationLink(data, s) for s in shown])
         self.query_one(".meta", Label).update(Text(answer_meta(answer)))
         for button in self.query(Button):
@@ -306,34 +313,13 @@ class ExchangeView(Vertical):
         self.post_message(self.FeedbackChosen(self.data, "bad"))
 
 
-def closest_sections(sources: list[SourceView]) -> list[SourceView]:
-    """The closest sources of an abstention, one per section (file, page, heading), as
-    ``appliance ask`` lists them: two passages of one section would read as one line twice."""
-    seen: set[tuple[str, int | None, str]] = set()
-    out = []
-    for s in sources:
-        key = (s.path, s.page, s.heading)
-        if key not in seen:
-            seen.add(key)
-            out.append(s)
-    return out
-
-
 def answer_meta(answer: Answer) -> str:
-    """The line under an answer: why it abstained or stopped early (the reasons
-    ``appliance ask`` prints; first, so a narrow terminal cuts the model id instead), then
-    the mode and model."""
-    notes = []
-    if "abstained:retrieval" in answer.flags:
-        notes.append("abstained: no passage close enough")
-    elif "abstained:no_hits" in answer.flags:
-        notes.append("abstained: no passage found")
-    elif answer.abstained:
-        notes.append("abstained")
-    if "stopped:loop" in answer.flags:
-        notes.append("stopped: the model began repeating itself")
-    elif "max_tokens" in answer.flags:
-        notes.append("cut off at the token limit")
+    """The line under an answer: why it abstained or stopped early (the notes ``appliance
+    ask`` prints; first, so a narrow terminal cuts the model id instead), then the mode and
+    model."""
+    notes = answer_notes(answer)
+    if answer.abstained and not any(f in answer.flags for f in NOT_GENERATED):
+        notes.insert(0, "abstained")
     return " · ".join([*notes, answer.mode, answer.model])
 
 

@@ -26,8 +26,8 @@ from appliance.tui.widgets import (
     CitationLink,
     ExchangeView,
     QuestionInput,
-    closest_sections,
 )
+from appliance.types import FLAG_NOTES, NOT_GENERATED, unique_sections
 from tests.tui.conftest import QUESTION, SMALL_MODEL, Env, FakeGenerator, StablePipeline
 from tests.tui.helpers import ask, settle, submit
 
@@ -316,12 +316,9 @@ async def test_abstention_shows_the_sentence_the_reason_and_closest_sources(env:
                 {link.n for link in links}]
         assert len(keys) == len(set(keys))  # one line per section, as `appliance ask`
         meta = str(view.query_one(".meta", Label).render())
-        assert meta.startswith("abstained")
-        reasons = {"abstained:retrieval": "no passage close enough",
-                   "abstained:no_hits": "no passage found"}
-        for flag, words in reasons.items():
-            if flag in answer.flags:
-                assert words in meta
+        before_model = [FLAG_NOTES[f] for f in NOT_GENERATED if f in answer.flags]
+        assert meta.startswith(before_model[0] if before_model else "abstained"), meta
+        assert meta.endswith(f"{answer.mode} · {answer.model}")
 
 
 def test_closest_sources_are_one_per_section() -> None:
@@ -329,8 +326,8 @@ def test_closest_sources_are_one_per_section() -> None:
         return SourceView(n=n, chunk_id=n, path="/d/a.pdf", heading=heading, text="",
                           score=0.1, page=page)
 
-    got = closest_sections([src(1, "Intro", 2), src(2, "Intro", 2), src(3, "Intro", 3),
-                            src(4, "Usage")])
+    got = unique_sections([src(1, "Intro", 2), src(2, "Intro", 2), src(3, "Intro", 3),
+                           src(4, "Usage")])
     assert [s.n for s in got] == [1, 3, 4]
 
 
