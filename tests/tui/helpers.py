@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual.pilot import Pilot
 
 from appliance.tui import ApplianceTUI
+from appliance.tui.screens import IngestScreen
 from appliance.tui.widgets import ExchangeView, QuestionInput
 
 
@@ -35,3 +36,11 @@ async def ask(pilot: Pilot[None], question: str) -> ExchangeView:
     view = await submit(pilot, question)
     await settle(pilot)
     return view
+
+
+async def open_ingest(pilot: Pilot[None]) -> IngestScreen:
+    """Press F5 and return the ingest screen it opens."""
+    await pilot.press("f5")
+    screen = pilot.app.screen
+    assert isinstance(screen, IngestScreen)
+    return screen

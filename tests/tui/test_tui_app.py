@@ -22,7 +22,7 @@ from appliance.tui.screens import (
 )
 from appliance.tui.widgets import CitationLink, ExchangeView, QuestionInput, SourcesPanel
 from tests.tui.conftest import QUESTION, SMALL_MODEL, Env, FakeGenerator, StablePipeline
-from tests.tui.helpers import ask, settle
+from tests.tui.helpers import ask, open_ingest, settle
 
 pytestmark = pytest.mark.anyio
 
@@ -138,9 +138,7 @@ async def test_ingest_a_folder_from_the_screen_while_chat_stays_usable(
     app = env.app()
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
-        await pilot.press("f5")
-        screen = app.screen
-        assert isinstance(screen, IngestScreen)
+        screen = await open_ingest(pilot)
         assert isinstance(app.focused, Input) and app.focused.id == "ingest-path"
         await pilot.press(*str(notes))
         screen.query_one("#ingest-kb", Input).value = "notes"

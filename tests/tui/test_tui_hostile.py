@@ -19,7 +19,7 @@ from appliance.tui.sources import printable
 from appliance.tui.widgets import CitationLink, QuestionInput
 from appliance.types import Answer, Citation, Hit
 from tests.tui.conftest import Env, FakeGenerator, StablePipeline
-from tests.tui.helpers import ask, settle
+from tests.tui.helpers import ask, open_ingest, settle
 
 pytestmark = pytest.mark.anyio
 
@@ -141,9 +141,7 @@ async def test_ingest_report_shows_markup_in_file_paths_literally(
     app = env.app()
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        await pilot.press("f5")
-        screen = app.screen
-        assert isinstance(screen, IngestScreen)
+        screen = await open_ingest(pilot)
         screen.query_one("#ingest-path", Input).value = str(corpus)
         await pilot.press("enter")
         await settle(pilot)

@@ -20,7 +20,7 @@ from appliance.errors import Interrupted
 from appliance.generate.prompt import ABSTAIN_SENTENCE
 from appliance.tui import ApplianceTUI, create_app
 from appliance.tui.app import STREAM_INTERVAL
-from appliance.tui.screens import ErrorDialog, HelpScreen, IngestScreen, _help_table
+from appliance.tui.screens import ErrorDialog, HelpScreen, _help_table
 from appliance.tui.sources import SourceView
 from appliance.tui.widgets import (
     CitationLink,
@@ -29,7 +29,7 @@ from appliance.tui.widgets import (
 )
 from appliance.types import FLAG_NOTES, NOT_GENERATED, unique_sections
 from tests.tui.conftest import QUESTION, SMALL_MODEL, Env, FakeGenerator, StablePipeline
-from tests.tui.helpers import ask, settle, submit
+from tests.tui.helpers import ask, open_ingest, settle, submit
 
 pytestmark = pytest.mark.anyio
 
@@ -279,9 +279,7 @@ async def test_quit_during_an_ingest_stops_it_between_files(
     app = env.app()
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
-        await pilot.press("f5")
-        screen = app.screen
-        assert isinstance(screen, IngestScreen)
+        screen = await open_ingest(pilot)
         # An idle bar would pulse as if something ran: none until an ingest starts.
         assert not screen.query_one(ProgressBar).display
         screen.query_one("#ingest-path", Input).value = str(folder)
