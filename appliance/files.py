@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import InputError
+from appliance.errors import ApplianceError, InputError
 
 __all__ = [
     "MAX_INPUT_BYTES",
@@ -29,6 +29,7 @@ __all__ = [
     "check_output_file",
     "format_bytes",
     "fsync_dir",
+    "is_new",
     "read_bytes",
     "read_text",
     "same_file",
@@ -146,6 +147,17 @@ def blocked_by(path: Path | str) -> Path | None:
     return None
 
 
+def is_new(path: Path | str, fix: str, error: type[ApplianceError] = InputError) -> bool:
+    """Whether ``path`` does not exist yet; ``error`` ("Cannot create PATH: ANCESTOR is a
+    file, not a folder; ``fix``") when it does not and cannot be created."""
+    if os.path.lexists(path):
+        return False
+    blocker = blocked_by(path)
+    if blocker is not None:
+        raise error(f"Cannot create {path}: {blocker} is a file, not a folder; {fix}")
+    return True
+
+
 def check_output_file(path: Path | str, *, force: bool = False,
                       inputs: Sequence[Path | str] = ()) -> None:
     """Raise InputError unless ``path`` may be written as a new output file: not one of
@@ -154,11 +166,7 @@ def check_output_file(path: Path | str, *, force: bool = False,
     path = Path(path)
     if any(same_file(path, given) for given in inputs):
         raise InputError(f"{path} is an input of this command; choose another output file.")
-    if not os.path.lexists(path):
-        blocker = blocked_by(path)
-        if blocker is not None:
-            raise InputError(f"Cannot write {path}: {blocker} is a file, not a folder; "
-                             "choose another output file.")
+    if is_new(path, "choose another output file."):
         return
     if not stat.S_ISREG(os.lstat(path).st_mode):
         raise InputError(f"{path} is a symlink, folder or device, not a regular file; choose "

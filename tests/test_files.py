@@ -42,3 +42,15 @@ def test_a_failed_write_into_a_folder_target_removes_its_temporary(tmp_path: Pat
     with pytest.raises(InputError, match="Cannot write"):
         write_lines_atomic(target, ["data"])
     assert target.is_dir() and list(tmp_path.iterdir()) == [target]
+
+
+def test_is_new_says_which_ancestor_blocks_a_path(tmp_path: Path) -> None:
+    from appliance.bundle.errors import BundleError
+    from appliance.files import is_new
+
+    (tmp_path / "file.txt").write_text("x")
+    assert is_new(tmp_path / "a" / "b", "fix it.") is True  # absent, and can be made
+    assert is_new(tmp_path / "file.txt", "fix it.") is False  # exists
+    with pytest.raises(BundleError, match=r"Cannot create .*file\.txt is a file, not a "
+                                          r"folder; give another\.$"):
+        is_new(tmp_path / "file.txt" / "out", "give another.", BundleError)

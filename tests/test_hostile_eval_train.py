@@ -79,6 +79,24 @@ def unblock(fifo: Path) -> None:
     os.close(fd)
 
 
+def refused_as_not_a_regular_file(load: Callable[[Path], Any], where: Path) -> None:
+    """``load`` refuses ``where`` made a FIFO (without blocking on it), then a link to
+    ``/dev/zero`` (without reading forever), saying it is not a regular file."""
+    if where.exists():
+        where.unlink()
+    os.mkfifo(where)
+    try:
+        exc = finishes(lambda: load(where))
+    finally:
+        unblock(where)
+    assert isinstance(exc, InputError) and "not a regular file" in str(exc), exc
+    where.unlink()
+    where.symlink_to("/dev/zero")
+    exc = finishes(lambda: load(where))
+    assert isinstance(exc, InputError) and "not a regular file" in str(exc), exc
+    where.unlink()
+
+
 # -- eval sets: files ------------------------------------------------------------------------
 
 
@@ -306,18 +324,7 @@ def beir(folder: Path, corpus: list[Any] | None = None, queries: list[Any] | Non
 def test_beir_refuses_pipes_devices_and_huge_files_quickly(tmp_path: Path) -> None:
     folder = beir(tmp_path / "b")
     corpus = folder / "corpus.jsonl"
-    corpus.unlink()
-    os.mkfifo(corpus)
-    try:
-        exc = finishes(lambda: load_beir(folder))
-    finally:
-        unblock(corpus)
-    assert isinstance(exc, InputError) and "not a regular file" in str(exc)
-    corpus.unlink()
-    corpus.symlink_to("/dev/zero")
-    exc = finishes(lambda: load_beir(folder))
-    assert isinstance(exc, InputError) and "not a regular file" in str(exc)
-    corpus.unlink()
+    refused_as_not_a_regular_file(lambda _: load_beir(folder), corpus)
     sparse(corpus)
     t0 = time.perf_counter()
     with pytest.raises(InputError, match="over the limit"):
@@ -356,15 +363,7 @@ def test_beir_identical_repeated_judgements_are_fine(tmp_path: Path) -> None:
 
 def test_chat_data_refuses_pipes_devices_and_huge_files(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    fifo = tmp_path / "fifo.jsonl"
-    os.mkfifo(fifo)
-    try:
-        exc = finishes(lambda: validate_chat_jsonl(fifo))
-    finally:
-        unblock(fifo)
-    assert isinstance(exc, InputError) and "not a regular file" in str(exc)
-    exc = finishes(lambda: validate_chat_jsonl(Path("/dev/zero")))
-    assert isinstance(exc, InputError) and "not a regular file" in str(exc)
+    refused_as_not_a_regular_file(validate_chat_jsonl, tmp_path / "chat.jsonl")
     with pytest.raises(InputError, match="folder"):
         validate_chat_jsonl(tmp_path)
     monkeypatch.setattr(files_module, "MAX_INPUT_BYTES", 1024)
@@ -425,12 +424,4 @@ def test_check_report_dir_accepts_its_own_report_folder(fake_app: Appliance,
 
 
 def test_squad_loader_refuses_pipes_and_devices(tmp_path: Path) -> None:
-    fifo = tmp_path / "squad.json"
-    os.mkfifo(fifo)
-    try:
-        exc = finishes(lambda: load_squad(fifo))
-    finally:
-        unblock(fifo)
-    assert isinstance(exc, InputError) and "not a regular file" in str(exc)
-    exc = finishes(lambda: load_squad(Path("/dev/zero")))
-    assert isinstance(exc, InputError) and "not a regular file" in str(exc)
+    refused_as_not_a_regular_file(load_squad, tmp_path / "squad.json")

@@ -48,7 +48,7 @@ from appliance.bundle import keys, verify
 from appliance.bundle.errors import BundleError
 from appliance.bundle.sbom import WheelInfo, build_sbom, wheel_info
 from appliance.config import packaged_models_dir, validate_kb_name
-from appliance.files import blocked_by
+from appliance.files import is_new
 
 if TYPE_CHECKING:
     from appliance.api import Appliance
@@ -578,11 +578,7 @@ def _earlier_bundle(out: Path) -> str | None:
 
 def _check_out(out: Path) -> None:
     """BundleError unless ``out`` is missing, an empty folder or an earlier bundle."""
-    if not os.path.lexists(out):
-        blocker = blocked_by(out)
-        if blocker is not None:
-            raise BundleError(f"Cannot create {out}: {blocker} is a file, not a folder; give "
-                              "--out a folder whose parents are folders.")
+    if is_new(out, "give --out a folder whose parents are folders.", BundleError):
         return
     if out.is_symlink() or not out.is_dir():
         raise BundleError(f"{out} exists and is not a folder; give --out a new or empty folder "

@@ -50,8 +50,8 @@ from appliance.evaluate.squad import (
 )
 from appliance.files import (
     MAX_INPUT_BYTES,
-    blocked_by,
     check_input_file,
+    is_new,
     same_file,
     write_atomic,
 )
@@ -321,11 +321,7 @@ def check_report_dir(out_dir: Path, inputs: Sequence[Path | str] = ()) -> None:
     Other files in the folder are left alone.
     """
     out_dir = Path(out_dir)
-    if not os.path.lexists(out_dir):
-        blocker = blocked_by(out_dir)
-        if blocker is not None:
-            raise InputError(f"Cannot create {out_dir}: {blocker} is a file, not a folder; "
-                             "choose another -o REPORT_DIR.")
+    if is_new(out_dir, "choose another -o REPORT_DIR."):
         return
     if not out_dir.is_dir():
         raise InputError(f"{out_dir} is a file; give a folder for the report.")
