@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -556,7 +557,7 @@ def test_interrupt_stops_prompt_evaluation_and_keeps_the_cache_sound(tmp_path: P
 
         worker = threading.Thread(target=run)
         worker.start()
-        while worker.is_alive() and not gen._lock.locked():
+        while worker.is_alive() and not gen._in_call:
             pass
         gen.interrupt()
         worker.join(timeout=120)
@@ -564,6 +565,9 @@ def test_interrupt_stops_prompt_evaluation_and_keeps_the_cache_sound(tmp_path: P
         assert len(raised) == 1 and isinstance(raised[0], Interrupted), raised
         assert got == [] and gen.last_stats.completion_tokens == 0  # stopped while reading
         gen.interrupt()  # nothing in progress: a no-op, and the next call is not stopped
+        from llama_cpp._logger import logger
+
+        assert logger.level == logging.ERROR and gen._abort_flag[0] == b"\x00"  # nothing left set
         again = "".join(gen.stream(messages, 8))  # reuses what was read before the stop
         fresh: Any = load_generator(app.settings, app.registry, SMOL)
         try:

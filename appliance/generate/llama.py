@@ -127,6 +127,8 @@ class LlamaGenerator:
         import llama_cpp
 
         self._abort = threading.Event()
+        self._abort_state = threading.Lock()  # orders interrupt() against a call's end
+        self._in_call = False
         self._abort_flag = ctypes.create_string_buffer(2)  # [0] = 1: abort
         self._abort_callback = _flag_reader()  # kept alive: llama.cpp holds the pointer only
         llama_cpp.llama_set_abort_callback(self.llm._ctx.ctx, self._abort_callback,
@@ -159,16 +161,19 @@ class LlamaGenerator:
         it raises :class:`~appliance.errors.Interrupted` within milliseconds. The KV cache
         keeps what was evaluated before, so the next call reuses it. Without a call in
         progress, nothing happens."""
-        if self._lock.locked():
-            _llama_logs(quiet=True)  # "decode: removing memory module entries ...": expected
-            self._abort.set()
-            self._abort_flag[0] = b"\x01"
+        with self._abort_state:
+            if self._in_call:
+                _llama_logs(quiet=True)  # "decode: removing memory module entries ...": expected
+                self._abort.set()
+                self._abort_flag[0] = b"\x01"
 
     @contextlib.contextmanager
     def _decoding(self) -> Iterator[None]:
         """Around one call's decodes (the lock held): a decode that :meth:`interrupt`
         stopped raises Interrupted, and the flag is reset for the next call."""
-        self._clear_abort()
+        with self._abort_state:
+            self._clear_abort()
+            self._in_call = True
         try:
             yield
         except RuntimeError as exc:  # llama_decode returned 2: the abort callback said so
@@ -176,8 +181,12 @@ class LlamaGenerator:
                 raise Interrupted("The model was stopped before it finished.") from exc
             raise
         finally:
-            self._clear_abort()
-            _llama_logs(quiet=False)
+            # Under the same lock as interrupt(): one that comes as the call ends either
+            # stops this call or finds no call, never leaves the flag or the logs behind.
+            with self._abort_state:
+                self._in_call = False
+                self._clear_abort()
+                _llama_logs(quiet=False)
 
     def _clear_abort(self) -> None:
         self._abort_flag[0] = b"\x00"
