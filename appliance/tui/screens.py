@@ -474,7 +474,8 @@ class IngestScreen(Screen[None]):
         current.update(Text(printable(f"Done: '{self.kb}' is up to date.", one_line=True)))
         summary.update(Text(
             f"{report.added} added · {report.updated} updated · {report.unchanged} unchanged"
-            f" · {len(report.failed)} failed · {report.chunks} chunks"))
+            f" · {len(report.failed)} failed · {report.chunks} chunks"
+            f" in {report.seconds:.1f}\u00a0s"))
 
     def action_back(self) -> None:
         """Back to the chat (an ingest goes on in the background)."""

@@ -15,7 +15,7 @@ from appliance.api import Appliance
 from appliance.config import load_settings
 from appliance.pipeline import Pipeline
 from appliance.tui import ApplianceTUI, create_app
-from appliance.types import Answer
+from appliance.types import Answer, IngestReport
 from tests.conftest import packaged_without_built_models
 from tests.fakes import FakeGenerator
 
@@ -53,6 +53,15 @@ class StablePipeline(Pipeline):
                              "total": 250.0}
         answer.tokens_per_s = 50.0
         return answer
+
+
+class StableAppliance(Appliance):
+    """The real appliance with an ingest report's seconds fixed, for the same reason."""
+
+    def ingest(self, *args: Any, **kwargs: Any) -> IngestReport:
+        report = super().ingest(*args, **kwargs)
+        report.seconds = 1.5
+        return report
 
 
 @dataclass
@@ -99,7 +108,7 @@ def env(tui_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
     monkeypatch.setenv("APPLIANCE_MODELS_DIR",
                        str(packaged_without_built_models(tmp_path / "models")))
     monkeypatch.chdir(tui_base / "work")
-    appliance = Appliance(load_settings(home=home))
+    appliance = StableAppliance(load_settings(home=home))
     yield Env(home=home, work=tui_base / "work", appliance=appliance)
     appliance.close()
 
