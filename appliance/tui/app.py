@@ -28,7 +28,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.events import Resize
 from textual.screen import Screen
 from textual.widgets import Footer, OptionList, Static
-from textual.worker import get_current_worker
+from textual.worker import WorkerCancelled, get_current_worker
 
 from appliance.api import Appliance
 from appliance.config import Settings
@@ -188,11 +188,16 @@ class ApplianceTUI(App[None]):
         # thread worker reads as finished at once, while its thread runs to its next check.
         self._threads = 0
         self._threads_lock = threading.Lock()
+        self._quit_started = False  # set (under _threads_lock) once quitting has begun
 
     @contextlib.contextmanager
     def _in_thread(self) -> Iterator[None]:
-        """Count a worker thread as busy while it runs (quitting waits for it)."""
+        """Count a worker thread as busy while it runs (quitting waits for it). A thread
+        that starts after quitting has begun does nothing: quitting may already have seen
+        no thread at work and be tearing the app down."""
         with self._threads_lock:
+            if self._quit_started:
+                raise WorkerCancelled()
             self._threads += 1
         try:
             yield
@@ -707,7 +712,12 @@ class ApplianceTUI(App[None]):
         knowledge base (a thread cannot be killed: freeing a model a thread still uses
         would crash, and the process could not end before the thread anyway)."""
         busy = [w for w in self.workers if w.group in BUSY_GROUPS and w.is_running]
-        if not busy and not self.busy_threads:
+        with self._threads_lock:
+            self._quit_started = True
+            threads = self._threads
+        if not threads:
+            for worker in busy:
+                worker.cancel()
             self.exit()
             return
         self.notify("Quitting once the model or the ingest stops…", markup=False, timeout=30)

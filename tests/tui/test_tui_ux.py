@@ -15,6 +15,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input, Label, ProgressBar, Static
 from textual.widgets.input import Selection
+from textual.worker import WorkerCancelled
 
 from appliance.errors import Interrupted
 from appliance.generate.prompt import ABSTAIN_SENTENCE
@@ -255,6 +256,23 @@ async def test_quit_while_the_model_reads_the_prompt_waits_for_it_then_exits(
         assert made[-1].finished.is_set()
         assert made[-1].yielded <= 1
     assert not [w for w in app.workers if w.group == "ask" and w.is_running]
+
+
+async def test_a_worker_thread_that_starts_after_quitting_began_does_nothing(
+    env: Env,
+) -> None:
+    """Quitting with no thread at work exits at once; a worker whose thread only starts
+    then (a warm-up started a moment before) must not load a model into an app that is
+    being torn down."""
+    app = env.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        assert app.busy_threads == 0
+        await pilot.press("ctrl+q")
+        await _until(pilot, lambda: not app.is_running)
+    with pytest.raises(WorkerCancelled), app._in_thread():
+        raise AssertionError("a thread ran its work after quitting began")
+    assert app.busy_threads == 0
 
 
 async def test_quit_during_an_ingest_stops_it_between_files(
