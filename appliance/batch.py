@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -399,6 +400,38 @@ def _sources(items: Any) -> str:
     return "; ".join(parts)
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet read a CSV cell as a formula (OWASP's CSV injection list)."""
+
+
+def _csv_cell(value: Any) -> Any:
+    """A text cell without control characters and, when it would start a formula
+    (``=HYPERLINK(...)`` in a question, a document or an answer), behind a ``'``, which a
+    spreadsheet shows as text; numbers and empty cells as they are."""
+    if not isinstance(value, str):
+        return value
+    text = strip_controls(value)
+    if text.startswith(_FORMULA_START):
+        try:
+            float(text)
+        except ValueError:
+            return "'" + text
+    return text
+
+
+def _md_line(value: Any) -> str:
+    """``value`` as text on one Markdown line: no control character, no line break."""
+    return " ".join(strip_controls(str(value)).split())
+
+
+def _md_code(value: Any) -> str:
+    """``value`` as an inline code span that a backtick in it cannot end early."""
+    text = _md_line(value)
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 CSV_COLUMNS = ["id", "question", "answer", "abstained", "citations", "closest", "mode",
                "model", "total_ms", "prompt_tokens", "completion_tokens", "tokens_per_s",
                "flags", "extra"]
@@ -411,7 +444,7 @@ def render(records: Sequence[dict[str, Any]], output: Path, fmt: str) -> None:
         writer = csv.writer(buf)
         writer.writerow(CSV_COLUMNS)
         for r in records:
-            writer.writerow([
+            writer.writerow([_csv_cell(cell) for cell in (
                 r.get("id"), r.get("question"), r.get("answer"),
                 "true" if r.get("abstained") else "false",
                 _sources(r.get("citations")), _sources(r.get("closest")),
@@ -419,22 +452,24 @@ def render(records: Sequence[dict[str, Any]], output: Path, fmt: str) -> None:
                 r.get("tokens", {}).get("prompt"), r.get("tokens", {}).get("completion"),
                 r.get("tokens_per_s"), " ".join(r.get("flags") or []),
                 json.dumps(r["extra"], ensure_ascii=False) if r.get("extra") else "",
-            ])
+            )])
     elif fmt == "md":
         buf.write("# Answers\n")
-        for r in records:
-            question = " ".join(str(r.get("question", "")).split())
-            buf.write(f"\n## {r.get('id')}: {question}\n\n{str(r.get('answer', '')).strip()}\n")
+        for r in records:  # an id or a question with a line break must not end its heading
+            answer = strip_controls(str(r.get("answer", ""))).strip()
+            buf.write(f"\n## {_md_line(r.get('id'))}: {_md_line(r.get('question', ''))}\n\n"
+                      f"{answer}\n")
             label, items = (("Closest sources", r.get("closest")) if r.get("abstained")
                             else ("Sources", r.get("citations")))
             if items:
                 buf.write(f"\n**{label}**\n\n")
                 for c in items:
-                    heading = f" — {c['heading']}" if c.get("heading") else ""
-                    buf.write(f"- [{c.get('n')}] `{c.get('path')}`{page_suffix(c.get('page'))}"
-                              f"{heading}\n")
+                    heading = f" — {_md_line(c['heading'])}" if c.get("heading") else ""
+                    buf.write(f"- [{c.get('n')}] {_md_code(c.get('path'))}"
+                              f"{page_suffix(c.get('page'))}{heading}\n")
             total = r.get("timings_ms", {}).get("total")
-            buf.write(f"\n<sub>{r.get('mode')} · {r.get('model')} · {total} ms</sub>\n")
+            buf.write(f"\n<sub>{_md_line(r.get('mode'))} · {_md_line(r.get('model'))} · "
+                      f"{total} ms</sub>\n")
     else:
         raise InputError(f"Cannot render format '{fmt}'.")
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderableType
 from rich.errors import MarkupError
 from rich.markup import escape
 from rich.progress import (
@@ -20,13 +22,15 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.segment import Segment
 
 from appliance.config import load_settings
+from appliance.types import CONTROL_CHARS
 
 if TYPE_CHECKING:
     from appliance.api import Appliance
 
-__all__ = ["cli", "confirm", "count", "describe", "err", "lit", "out", "pass_ctx",
+__all__ = ["cli", "confirm", "count", "describe", "err", "json_line", "lit", "out", "pass_ctx",
            "progress_bar"]
 
 
@@ -44,15 +48,46 @@ def lit(value: object) -> str:
     return escape(str(value))
 
 
+_UNSHOWABLE = re.compile(f"{CONTROL_CHARS.pattern}|[\ud800-\udfff]")
+""":data:`~appliance.types.CONTROL_CHARS` and unpaired surrogates (a file name that is not
+UTF-8), which cannot be written to a UTF-8 terminal at all."""
+
+
 class _Console(Console):
     """A console on which text that is not valid markup prints literally instead of
-    raising: the safety net behind :func:`lit` for any value a template forgot to wrap."""
+    raising (the safety net behind :func:`lit` for any value a template forgot to wrap),
+    and on which no text drives the terminal: control characters (ESC, OSC, C1 codes) and
+    bidirectional overrides in file names, headings, documents, model ids or answers are
+    dropped from what is written; Rich's own styling and cursor codes are kept."""
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
         try:
             super().print(*objects, **kwargs)
         except MarkupError:
             super().print(*objects, **{**kwargs, "markup": False})
+
+    def render(self, renderable: RenderableType,
+               options: ConsoleOptions | None = None) -> Iterable[Segment]:
+        for segment in super().render(renderable, options):
+            if segment.control is None and _UNSHOWABLE.search(segment.text):
+                text = _UNSHOWABLE.sub(
+                    lambda m: "\ufffd" if "\ud800" <= m.group() <= "\udfff" else "",
+                    segment.text)
+                yield Segment(text, segment.style)
+            else:
+                yield segment
+
+
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def json_line(data: Any) -> str:
+    """``data`` as one line of JSON with non-ASCII text as written, except the characters
+    that would drive the terminal (C1 controls, bidirectional overrides) or cannot be
+    written as UTF-8 (unpaired surrogates): those are ``\\uXXXX`` escapes, which JSON
+    reads back as the same string (json.dumps already escapes C0 controls)."""
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}",
+                            json.dumps(data, ensure_ascii=False))
 
 
 out: Console = _Console(highlight=False, soft_wrap=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import click
 
 from appliance.batch import run_batch
-from appliance.cli._base import AppContext, cli, err, lit, out, pass_ctx
+from appliance.cli._base import AppContext, cli, err, json_line, lit, out, pass_ctx
 from appliance.errors import InputError
 from appliance.pipeline import MODES, Pipeline
 from appliance.types import FLAG_NOTES, NOT_GENERATED, Answer, page_suffix, unique_sections
@@ -95,7 +94,7 @@ def ask(c: AppContext, question: str, kb: str, mode: str | None, model: str | No
     finally:
         pipeline.close()
     if as_json:
-        click.echo(json.dumps(answer.to_json(), ensure_ascii=False))
+        click.echo(json_line(answer.to_json()))
         return
     if streamed:
         out.print()

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 from rich import box
+from rich.cells import cell_len, set_cell_size
 from rich.table import Column, Table
 
 from appliance.cli._base import (
@@ -21,6 +22,7 @@ from appliance.cli._base import (
     count,
     describe,
     err,
+    json_line,
     lit,
     out,
     pass_ctx,
@@ -121,8 +123,19 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
     if queries is not None:
         if query:
             raise InputError("Give a query or --queries FILE, not both.")
+        from appliance.retrieve.hybrid import check_query
+
         lines = read_text(queries, "a query file (one query per line)").splitlines()
-        items = [q for q in (strip_controls(line).strip() for line in lines) if q]
+        items = []
+        for number, line in enumerate(lines, start=1):
+            q = strip_controls(line).strip()
+            if q:
+                try:  # before the first search: not after pages of results
+                    check_query(q)
+                except InputError as exc:
+                    raise InputError(f"Line {number} of {queries}: {exc.message[:1].lower()}"
+                                     f"{exc.message[1:]}") from None
+                items.append(q)
         if not items:
             raise InputError(f"{queries} holds no query; write one query per line.")
     elif query and strip_controls(query).strip():
@@ -141,7 +154,7 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
         result = c.app.search(q, kb=kb, k=k, mode=mode, collection=collection,
                               path_prefix=prefix, rerank=rerank)
         if as_json:
-            click.echo(json.dumps(result.to_json(), ensure_ascii=False))
+            click.echo(json_line(result.to_json()))
             continue
         rerank_ms = result.timings_ms.get("rerank")
         out.print(f"[bold cyan]? {lit(q)}[/]  [dim]({result.timings_ms['embed']:.0f} ms embed, "
@@ -167,7 +180,7 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
             # the path whole on its own line (a user copies it); the rest fits the terminal
             out.print(f"  [bold]{rank}.[/] {lit(hit.path)}{page_suffix(hit.page)}")
             score = f"score {hit.score:.4f}" + (f" ({channels})" if channels else "")
-            if 5 + len(hit.heading) + 2 + len(score) <= out.width:
+            if 5 + cell_len(hit.heading) + 2 + len(score) <= out.width:
                 out.print(f"     [green]{lit(hit.heading)}[/]  [dim]{score}[/]")
             else:  # a long heading path: the score on a line of its own
                 out.print(f"     [green]{lit(hit.heading)}[/]")
@@ -177,14 +190,17 @@ def search(c: AppContext, query: str | None, kb: str, k: int | None, mode: str |
 
 
 def _snippet_lines(text: str, width: int, lines: int = 2) -> list[str]:
-    """The start of ``text`` as at most ``lines`` lines of ``width`` characters, "…" when cut."""
-    import textwrap
+    """The start of ``text`` as at most ``lines`` lines of ``width`` terminal columns (a
+    Chinese or Japanese character takes two), "…" when cut."""
+    from rich.text import Text
 
+    width = max(width, 20)
     words = " ".join(text.split())
-    wrapped = textwrap.wrap(words, width=max(width, 20), break_long_words=True) or [""]
+    wrapped = [line.plain.rstrip() for line in Text(words).wrap(out, width, overflow="fold")]
+    wrapped = wrapped or [""]
     if len(wrapped) > lines:
         wrapped = wrapped[:lines]
-        wrapped[-1] = wrapped[-1][: max(width, 20) - 1].rstrip() + "…"
+        wrapped[-1] = set_cell_size(wrapped[-1], width - 1).rstrip() + "…"
     return wrapped
 
 
