@@ -16,13 +16,14 @@ from typing import Any
 from appliance.config import Settings, load_settings
 from appliance.embed import OnnxEmbedder, load_embedder
 from appliance.errors import InputError
+from appliance.files import unpaired_surrogate
 from appliance.ingest.chunking import Chunker, embed_text
 from appliance.ingest.runner import ProgressFn, discover
 from appliance.ingest.runner import ingest as run_ingest
 from appliance.models import Registry
 from appliance.retrieve import QuestionLikelihoodReranker, Reranker, Retriever, SearchResult
 from appliance.store import KnowledgeBase, list_kbs, open_kb, remove_kb
-from appliance.types import IngestReport
+from appliance.types import CONTROL_CHARS, IngestReport
 
 __all__ = ["Appliance"]
 
@@ -86,6 +87,9 @@ class Appliance:
         for path in paths:
             if not os.path.lexists(path):
                 raise InputError(f"{path} does not exist; check the path.")
+        if CONTROL_CHARS.search(collection) or unpaired_surrogate(collection) is not None:
+            raise InputError(f"{collection!r} is not a usable collection name: give one in "
+                             "UTF-8 without control characters.")
         self._retrievers.pop(kb, None)
         found = None
         if not os.path.lexists(self.settings.kb_path(kb)):

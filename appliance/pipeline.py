@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from appliance.config import AnswerSettings, Settings
 from appliance.errors import InputError
+from appliance.files import unpaired_surrogate
 from appliance.generate import (
     ABSTAIN_SENTENCE,
     ANSWER_REMINDER,
@@ -151,6 +152,10 @@ def answer(
         raise InputError(
             f"The question is {len(text):,} characters long, over the limit of "
             f"{config.max_question_chars:,} (answer.max_question_chars); ask a shorter one.")
+    bad = unpaired_surrogate(text)
+    if bad is not None:  # the model's tokenizer and the answer record need UTF-8 text
+        raise InputError(f"The question holds {bad}, a byte that is not UTF-8; set the "
+                         "terminal (or the script) to UTF-8 and type it again.")
     timings = {"embed": 0.0, "search": 0.0, "prompt": 0.0, "generate": 0.0, "total": 0.0}
     record = Answer(
         id=id or question_id(text), question=text, answer="", abstained=False, citations=[],

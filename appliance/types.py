@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -25,6 +26,7 @@ __all__ = [
     "LoadedDocument",
     "Section",
     "answer_notes",
+    "fold_text",
     "page_suffix",
     "strip_controls",
     "unique_sections",
@@ -282,6 +284,21 @@ CONTROL_CHARS = re.compile(
 """Characters that drive a terminal or reorder text instead of showing: C0 and C1 control
 codes (NUL, ESC, CSI, ...) other than tab, newline and carriage return, and bidirectional
 overrides."""
+
+
+SOFT_HYPHEN = "\u00ad"
+"""An invisible hyphenation hint inside a word (HTML ``&shy;``, hyphenated PDFs)."""
+
+
+def fold_text(text: str) -> str:
+    """``text`` in Unicode NFC without soft hyphens: the form that documents are stored in
+    and keyword queries are matched in. The keyword index splits words at a soft hyphen
+    (``Kühl&shy;mittel&shy;pumpe`` would not match ``Kühlmittelpumpe``) and compares code
+    points, so a decomposed é or Hangul syllable (macOS, some PDFs) would not match the
+    composed one a keyboard types."""
+    if SOFT_HYPHEN in text:
+        text = text.replace(SOFT_HYPHEN, "")
+    return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
 
 
 def strip_controls(text: str) -> str:

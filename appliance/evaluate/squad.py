@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.files import read_text, unpaired_surrogate
+from appliance.types import fold_text
 
 __all__ = [
     "DEV_ARTICLES",
@@ -362,6 +363,8 @@ def normalize_whitespace(text: str) -> str:
 
 def answer_in_text(answers: Iterable[str], text: str) -> bool:
     """Whether some non-blank gold answer occurs in ``text`` (case-insensitive substring,
-    whitespace normalised on both sides): the retrieval hit criterion."""
-    haystack = normalize_whitespace(text)
-    return any((needle := normalize_whitespace(a)) and needle in haystack for a in answers)
+    whitespace normalised on both sides, and both in the form documents are stored in,
+    :func:`~appliance.types.fold_text`): the retrieval hit criterion."""
+    haystack = normalize_whitespace(fold_text(text))
+    return any((needle := normalize_whitespace(fold_text(a))) and needle in haystack
+               for a in answers)

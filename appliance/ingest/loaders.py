@@ -26,7 +26,7 @@ from typing import Any
 from appliance.config import IngestSettings
 from appliance.errors import DocumentError
 from appliance.files import format_bytes
-from appliance.types import LoadedDocument, Section
+from appliance.types import LoadedDocument, Section, fold_text, strip_controls
 
 __all__ = ["LOADERS", "load_document"]
 
@@ -871,6 +871,26 @@ def load_document(path: Path, settings: IngestSettings) -> LoadedDocument:
         raise DocumentError(f"unsupported file type '{path.suffix or path.name}'")
     data = _read_bytes(path, settings)
     try:
-        return loader(path, data, settings)
+        return _showable(loader(path, data, settings), path)
     except RecursionError:
         raise DocumentError("document structure nested too deeply") from None
+
+
+_C1 = re.compile("[\x80-\x9f]")
+
+
+def _heading(text: str) -> str:
+    return fold_text(" ".join(strip_controls(text).split()))
+
+
+def _showable(doc: LoadedDocument, path: Path) -> LoadedDocument:
+    """``doc`` as it is stored: text in :func:`fold_text` form; no control character
+    (an HTML ``&#27;`` entity, a PDF outline string) in its title or headings, which are
+    shown and written to answer files, nor a C1 control code in its text (C0 ones are gone
+    already); headings on one line."""
+    sections = [
+        Section(text, tuple(_heading(h) for h in s.heading_path), s.page)
+        for s in doc.sections
+        if (text := _C1.sub("", fold_text(s.text))).strip()
+    ]
+    return _document(_heading(doc.title) or _heading(path.stem), doc.kind, sections, path)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from appliance.config import IngestSettings
 from appliance.errors import DocumentError, InputError
-from appliance.files import format_bytes
+from appliance.files import format_bytes, unpaired_surrogate
 from appliance.ingest.chunking import Chunker, embed_text
 from appliance.ingest.loaders import path_reason
 from appliance.ingest.sandbox import LoaderSandbox
@@ -60,6 +60,10 @@ def discover(paths: Sequence[Path], extensions: Sequence[str]) -> Found:
 
     def consider(path: str, root: str, explicit: bool) -> None:
         if not explicit and os.path.splitext(path)[1].lower() not in exts:
+            return
+        if unpaired_surrogate(path) is not None:  # a byte of the name is not UTF-8
+            failed.append(FailedFile(path, "the file name is not UTF-8 text (a knowledge base "
+                                           "stores names as text); rename the file"))
             return
         try:
             st = os.stat(path)
@@ -156,6 +160,8 @@ def ingest(
     if prune:
         seen = {c.path for c in candidates} | {f.path for f in report.failed}
         for root in roots:
+            if unpaired_surrogate(root) is not None:  # nothing under it can be stored
+                continue
             for doc in kb.documents(prefix=root.rstrip(os.sep) + os.sep):
                 if doc.path not in seen and not os.path.exists(doc.path):
                     kb.remove_document(doc.path)

@@ -12,12 +12,14 @@ import numpy.typing as npt
 
 from appliance.config import RetrieveSettings
 from appliance.errors import InputError
+from appliance.files import unpaired_surrogate
 from appliance.retrieve.rerank import Reranker, rerank_hits
 from appliance.store import KnowledgeBase, query_words
 from appliance.store.sqlite import ChunkRow
-from appliance.types import Embedder, Hit
+from appliance.types import Embedder, Hit, fold_text
 
-__all__ = ["Retriever", "SearchResult", "proximity", "query_terms", "rrf_fuse", "score_fuse"]
+__all__ = ["MAX_QUERY_CHARS", "Retriever", "SearchResult", "check_query", "proximity",
+           "query_terms", "rrf_fuse", "score_fuse"]
 
 MODES = ("hybrid", "vector", "keyword")
 
@@ -83,6 +85,24 @@ def _within(a: Sequence[int], b: Sequence[int], window: int) -> bool:
         else:
             j += 1
     return False
+
+
+MAX_QUERY_CHARS = 100_000
+"""Longest search query, in characters: the embedder reads the first few hundred tokens
+only, but it and the keyword tokenizer would first take all of a longer one apart (a
+5 MB query took 7 s and 900 MB)."""
+
+
+def check_query(query: str) -> None:
+    """InputError when ``query`` is too long or is not text (an unpaired surrogate: a byte
+    that is not UTF-8, from a terminal or a command line in another encoding)."""
+    if len(query) > MAX_QUERY_CHARS:
+        raise InputError(f"The query is {len(query):,} characters long, over the limit of "
+                         f"{MAX_QUERY_CHARS:,}; search with a shorter one.")
+    bad = unpaired_surrogate(query)
+    if bad is not None:
+        raise InputError(f"The query holds {bad}, a byte that is not UTF-8; set the terminal "
+                         "(or the script) to UTF-8 and type it again.")
 
 
 def query_terms(kb: KnowledgeBase, query: str) -> list[str]:
@@ -184,6 +204,8 @@ class Retriever:
         want = max(k, self.settings.rerank_depth) if reranking else k
         if not query.strip():
             raise InputError("The query is empty; type a question or some keywords.")
+        check_query(query)
+        asked, query = query, fold_text(query)  # matched as documents are stored
         depth = max(self.settings.candidates, k)
         if path_prefix:
             depth = min(4096, depth * 8)
@@ -262,7 +284,7 @@ class Retriever:
             scores = self.reranker.score(query, [h.text for h in top])
             hits = rerank_hits(top, scores, self.settings.rerank_weight) + hits[len(top):]
             timings["rerank"] = (time.perf_counter() - t3) * 1000
-        return SearchResult(query=query, hits=hits[:k], timings_ms=timings)
+        return SearchResult(query=asked, hits=hits[:k], timings_ms=timings)
 
     def _closeness(
         self, query: str, rows: Mapping[int, ChunkRow], path_prefix: str | None

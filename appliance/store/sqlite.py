@@ -37,7 +37,7 @@ from appliance.store.schema import (
     schema_state,
 )
 from appliance.store.segment import has_cjk, index_text, query_terms
-from appliance.types import Chunk, Embedder
+from appliance.types import Chunk, Embedder, fold_text
 
 __all__ = ["ChunkRow", "DocumentRow", "KnowledgeBase", "fts_query", "query_words"]
 
@@ -159,7 +159,13 @@ class KnowledgeBase:
                 f"{hint} with `appliance ingest PATH --kb {path.stem}`."
             )
         if create:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise KnowledgeBaseError(
+                    f"Cannot create the folder {path.parent}: {exc.strerror or exc}; point "
+                    "APPLIANCE_HOME at a folder you can write."
+                ) from None
         flags = apsw.SQLITE_OPEN_READONLY if readonly else (
             apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
         )
@@ -544,6 +550,7 @@ class KnowledgeBase:
         also searches ``chunks_cjk`` with its character pairs; a chunk found by both
         indexes keeps the better relevance.
         """
+        text = fold_text(text)
         found = self._match("chunks_fts", fts_query(text), k, collection)
         pairs = query_terms(text)
         if pairs and self._has_table("chunks_cjk"):
