@@ -34,7 +34,7 @@ __all__ = [
     "validate_kb_name",
 ]
 
-_KB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_KB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # whole name: fullmatch
 
 
 class _Section(BaseModel):
@@ -242,7 +242,7 @@ class Settings(_Section):
 
 def validate_kb_name(name: str) -> str:
     """Return ``name`` if it is a valid knowledge-base name, else raise InputError."""
-    if not _KB_NAME.match(name):
+    if not _KB_NAME.fullmatch(name):  # match() with "$" let "name\n" through
         from appliance.errors import InputError
 
         raise InputError(
@@ -298,6 +298,10 @@ def load_settings(home: Path | None = None, **overrides: dict[str, Any]) -> Sett
     if base.exists() and not base.is_dir():
         raise ConfigError(f"The data directory {base} is a file, not a folder; point "
                           "APPLIANCE_HOME at a folder.")
+    blocker = next((p for p in base.parents if os.path.lexists(p)), None)
+    if not os.path.lexists(base) and blocker is not None and not blocker.is_dir():
+        raise ConfigError(f"The data directory {base} cannot be created: {blocker} is a "
+                          "file, not a folder; point APPLIANCE_HOME at a folder.")
     raw: dict[str, Any] = {}
     cfg = base / "config.toml"
     if cfg.is_file():
@@ -308,7 +312,12 @@ def load_settings(home: Path | None = None, **overrides: dict[str, Any]) -> Sett
     for layer in (_env_overrides(), overrides):
         for section, values in layer.items():
             if isinstance(values, dict):
-                raw.setdefault(section, {}).update(values)
+                if not isinstance(raw.setdefault(section, {}), dict):
+                    raise ConfigError(
+                        f"Setting '{section}' in {cfg} is not a [{section}] table, so "
+                        f"APPLIANCE_{section.upper()}__* cannot add to it; write it as a "
+                        f"[{section}] table of settings.")
+                raw[section].update(values)
     raw["home"] = base
     try:
         return Settings.model_validate(raw)

@@ -67,7 +67,7 @@ PUBLIC_KEY = "signing.pub"
 UNLISTED = frozenset({MANIFEST, SIGNATURE})
 """The only files of a bundle that the MANIFEST does not list."""
 
-_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+=-]*(/[A-Za-z0-9_][A-Za-z0-9._+=-]*)*$")
+_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+=-]*(/[A-Za-z0-9_][A-Za-z0-9._+=-]*)*\Z")
 _LINE = re.compile(r"^([0-9a-f]{64}) ([0-9]{1,15}) (\S+)$")
 MANIFEST_LIMIT = 4 << 20
 """Largest MANIFEST read (a real one is a few kB: one short line per file)."""
@@ -77,7 +77,7 @@ STATE = "state.json"
 """What an install placed (written by the installer; it marks a prefix as an installation)."""
 WRAPPER_TAG = "# appliance, installed from a bundle."
 """How the second line of the ``PREFIX/bin/appliance`` wrapper the installer writes begins."""
-RELEASE_NAME = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9]+$")
+RELEASE_NAME = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9]+\Z")  # \Z: "$" lets "name\n" through
 """How install.sh names a release folder (UTC time, then its process id)."""
 
 # DER prefix of an ed25519 SubjectPublicKeyInfo (RFC 8410): the 32 key bytes follow it.

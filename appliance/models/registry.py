@@ -36,7 +36,7 @@ BUILT_MANIFEST = "built.toml"
 _SETUP_ONLY = {"acquire", "extra_files"}  # read by scripts/acquire_models.py only
 _KNOWN = {"id", "role", "format", "file", "sha256", "size", "source", "licence", "description",
           "default", "lineage"}
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: "$" lets "id\n" through
 _FIELD_TYPES: dict[str, tuple[type, str]] = {
     "id": (str, "text"), "role": (str, "text"), "format": (str, "text"), "file": (str, "text"),
     "sha256": (str, "text"), "size": (int, "a whole number"), "source": (str, "text"),

@@ -78,7 +78,7 @@ of an epoch, ``val_loss``."""
 IGNORE = -100
 """Label of tokens that carry no loss (everything but assistant turns)."""
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: "$" lets "id\n" through
 
 
 def require_train_packages() -> None:

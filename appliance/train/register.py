@@ -41,7 +41,7 @@ __all__ = [
     "write_manifest",
 ]
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+\Z")
 
 HEADER = (
     "# User model registry: models that `appliance train` registered. Written by the\n"
