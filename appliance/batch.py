@@ -233,12 +233,12 @@ def _read_csv(text: str, path: Path) -> Iterator[_Row | BadRow]:
             yield BadRow(line, f"missing column 'question' (row has {len(row)} of "
                                f"{len(names)} columns)")
             continue
-        raw_id = row[id_col].strip() if id_col is not None and id_col < len(row) else ""
+        raw_id = _csv_text(row[id_col].strip()) if id_col is not None and id_col < len(row) else ""
         extra = {
             names[i]: row[i] for i in range(min(len(row), len(names)))
             if i not in (q_col, id_col) and names[i]
         }
-        yield line, raw_id or None, row[q_col], extra
+        yield line, raw_id or None, _csv_text(row[q_col]), extra
 
 
 def read_questions(path: Path) -> tuple[list[BatchQuestion], list[BadRow]]:
@@ -419,6 +419,14 @@ def _csv_cell(value: Any) -> Any:
     return text
 
 
+def _csv_text(cell: str) -> str:
+    """A cell as :func:`_csv_cell` wrote it, read back: without the ``'`` put before a
+    formula's first character (an answer file is a valid question file)."""
+    if cell.startswith("'") and cell[1:].startswith(_FORMULA_START):
+        return cell[1:]
+    return cell
+
+
 def _md_line(value: Any) -> str:
     """``value`` as text on one Markdown line: no control character, no line break."""
     return " ".join(strip_controls(str(value)).split())
@@ -426,7 +434,7 @@ def _md_line(value: Any) -> str:
 
 def _md_code(value: Any) -> str:
     """``value`` as an inline code span that a backtick in it cannot end early."""
-    text = _md_line(value)
+    text = strip_controls(str(value)).replace("\r", " ").replace("\n", " ")  # spaces kept
     fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{fence}{pad}{text}{pad}{fence}"

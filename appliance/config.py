@@ -314,9 +314,9 @@ def load_settings(home: Path | None = None, **overrides: dict[str, Any]) -> Sett
             if isinstance(values, dict):
                 if not isinstance(raw.setdefault(section, {}), dict):
                     raise ConfigError(
-                        f"Setting '{section}' in {cfg} is not a [{section}] table, so "
-                        f"APPLIANCE_{section.upper()}__* cannot add to it; write it as a "
-                        f"[{section}] table of settings.")
+                        f"Setting '{section}' in {cfg} is not a [{section}] table, so no "
+                        f"{section} setting (APPLIANCE_{section.upper()}__* or an option) can "
+                        f"be added to it; write it as a [{section}] table of settings.")
                 raw[section].update(values)
     raw["home"] = base
     try:

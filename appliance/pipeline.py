@@ -63,6 +63,7 @@ __all__ = [
     "Pipeline",
     "Searcher",
     "answer",
+    "checked_question",
     "question_id",
     "retrieval_abstains",
 ]
@@ -118,6 +119,24 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
+def checked_question(question: str, config: AnswerSettings) -> str:
+    """``question`` without control characters or surrounding blanks; InputError when
+    nothing is left, when it is longer than ``config.max_question_chars`` or when it is not
+    text (a byte that is not UTF-8). Front ends call it before loading a model."""
+    text = strip_controls(question).strip()
+    if not text:
+        raise InputError("The question is empty; type a question.")
+    if len(text) > config.max_question_chars:
+        raise InputError(
+            f"The question is {len(text):,} characters long, over the limit of "
+            f"{config.max_question_chars:,} (answer.max_question_chars); ask a shorter one.")
+    bad = unpaired_surrogate(text)
+    if bad is not None:  # the model's tokenizer and the answer record need UTF-8 text
+        raise InputError(f"The question holds {bad}, a byte that is not UTF-8; set the "
+                         "terminal (or the script) to UTF-8 and type it again.")
+    return text
+
+
 def answer(
     question: str,
     *,
@@ -142,20 +161,10 @@ def answer(
     fixed across questions so llama.cpp reuses its KV cache.
     """
     t0 = time.perf_counter()
-    text = strip_controls(question).strip()
-    if not text:
-        raise InputError("The question is empty; type a question.")
     if mode not in MODES:
         raise InputError(f"Unknown mode '{mode}'; use one of {', '.join(MODES)}.")
     config = config or settings.answer
-    if len(text) > config.max_question_chars:
-        raise InputError(
-            f"The question is {len(text):,} characters long, over the limit of "
-            f"{config.max_question_chars:,} (answer.max_question_chars); ask a shorter one.")
-    bad = unpaired_surrogate(text)
-    if bad is not None:  # the model's tokenizer and the answer record need UTF-8 text
-        raise InputError(f"The question holds {bad}, a byte that is not UTF-8; set the "
-                         "terminal (or the script) to UTF-8 and type it again.")
+    text = checked_question(question, config)
     timings = {"embed": 0.0, "search": 0.0, "prompt": 0.0, "generate": 0.0, "total": 0.0}
     record = Answer(
         id=id or question_id(text), question=text, answer="", abstained=False, citations=[],
@@ -376,6 +385,7 @@ class Pipeline:
         mode = mode or self.default_mode
         if mode not in MODES:
             raise InputError(f"Unknown mode '{mode}'; use one of {', '.join(MODES)}.")
+        checked_question(question, self.config)  # before loading a model for it
         generator = self.generator(mode, model)
         config = self.config
         if config.abstain_margin is None:

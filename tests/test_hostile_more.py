@@ -16,7 +16,7 @@ from rich.cells import cell_len
 from rich.table import Table
 
 from appliance.api import Appliance
-from appliance.batch import render
+from appliance.batch import read_questions, render
 from appliance.cli._base import _Console, json_line, lit
 from appliance.cli.commands import _snippet_lines
 from appliance.config import IngestSettings, RetrieveSettings, load_settings, validate_kb_name
@@ -26,7 +26,7 @@ from appliance.ingest.chunking import Chunker
 from appliance.ingest.loaders import load_document
 from appliance.ingest.runner import discover, ingest
 from appliance.models.registry import valid_model_id
-from appliance.pipeline import answer
+from appliance.pipeline import Pipeline, answer
 from appliance.retrieve import Retriever
 from appliance.retrieve.hybrid import MAX_QUERY_CHARS
 from appliance.store import KnowledgeBase
@@ -191,6 +191,15 @@ def test_keyword_search_matches_soft_hyphens_and_decomposed_queries(tmp_path: Pa
     assert answer_in_text([unicodedata.normalize("NFD", "서울")], "서울은")
 
 
+def test_text_stored_before_folding_is_still_found_as_it_was(tmp_path: Path) -> None:
+    """A knowledge base written before documents were folded keeps its text (an unchanged
+    file is not read again): a query copied from that text must still match it."""
+    raw = "Die Kühl\u00admittel\u00adpumpe läuft leise."
+    with _kb(tmp_path / "k.sqlite", {"/de.txt": raw}) as kb:  # stored as given, not folded
+        assert [cid for cid, _ in kb.keyword_search("Kühl\u00admittel\u00adpumpe", 3)] == [1]
+        assert kb.keyword_search("Kühlmittelpumpe", 3) == []  # re-ingest the changed file
+
+
 # -- queries -----------------------------------------------------------------------------------
 
 
@@ -212,6 +221,26 @@ def test_a_question_that_is_not_utf8_is_refused_before_the_model(tmp_path: Path)
     with pytest.raises(InputError, match="not UTF-8"):
         answer("why\udcff?", generator=gen, settings=load_settings(home=tmp_path), mode="base")
     assert gen.calls == []
+
+
+def test_ask_refuses_a_question_that_is_not_utf8_before_loading_a_model(
+        tmp_path: Path) -> None:
+    loaded: list[str] = []
+
+    def load(model_id: str) -> FakeGenerator:
+        loaded.append(model_id)
+        return FakeGenerator("Blue [1].", model_id)
+
+    app = Appliance(load_settings(home=tmp_path))
+    pipe = Pipeline(app, loader=load)
+    try:
+        for question in ("why\udcff?", "x" * (app.settings.answer.max_question_chars + 1)):
+            with pytest.raises(InputError):
+                pipe.ask(question, mode="base")
+        assert loaded == []
+    finally:
+        pipe.close()
+        app.close()
 
 
 def test_a_query_file_with_a_huge_line_names_it_before_searching(
@@ -252,6 +281,11 @@ def test_csv_cells_that_would_be_formulas_are_text(tmp_path: Path) -> None:
     assert rows[0]["answer"] == "'@SUM(A1)]0;x"  # control codes gone too
     assert rows[1]["id"] == "-1" and rows[1]["total_ms"] == "-5.0"  # numbers stay numbers
     assert rows[1]["question"] == "'-x" and rows[1]["answer"] == "'\tTab"
+    # an answer file is a question file: the quote is read away again
+    questions, bad = read_questions(out)
+    assert not bad
+    assert [(q.id, q.question) for q in questions] == [
+        ("=HYPERLINK(\"http://x\")", "+cmd|' /C calc'!A0"), ("-1", "-x")]
 
 
 def test_markdown_headings_and_code_spans_survive_line_breaks_and_backticks(
@@ -263,3 +297,16 @@ def test_markdown_headings_and_code_spans_survive_line_breaks_and_backticks(
     assert "\n## a]0;x # injected: what | is x?\n" in text
     assert "\n# injected" not in text and "\x1b" not in text and "\x9b" not in text
     assert "- [1] ```/d/``odd`.md``` — H x\n" in text
+
+
+def test_markdown_code_spans_keep_the_spaces_of_a_path(tmp_path: Path) -> None:
+    out = tmp_path / "a.md"
+    render([_record("q1", "what?", "Text.", path="/d/My  Report .md")], out, "md")
+    assert "- [1] `/d/My  Report .md` — H x\n" in out.read_text(encoding="utf-8")
+
+
+def test_tui_printable_shows_a_byte_that_is_not_utf8_as_a_replacement_character() -> None:
+    from appliance.tui.sources import printable
+
+    assert printable("n" + BAD_BYTE) == "nn\ufffdame.md"
+    printable("n" + BAD_BYTE).encode("utf-8")  # a UTF-8 terminal can show it

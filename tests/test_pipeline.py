@@ -565,15 +565,49 @@ def test_interrupt_stops_prompt_evaluation_and_keeps_the_cache_sound(tmp_path: P
         assert len(raised) == 1 and isinstance(raised[0], Interrupted), raised
         assert got == [] and gen.last_stats.completion_tokens == 0  # stopped while reading
         gen.interrupt()  # nothing in progress: a no-op, and the next call is not stopped
-        from llama_cpp._logger import logger
-
-        assert logger.level == logging.ERROR and gen._abort_flag[0] == b"\x00"  # nothing left set
         again = "".join(gen.stream(messages, 8))  # reuses what was read before the stop
         fresh: Any = load_generator(app.settings, app.registry, SMOL)
         try:
             assert again == "".join(fresh.stream(messages, 8))  # the cache was sound
         finally:
             fresh.close()
+    finally:
+        gen.close()
+        app.close()
+
+
+@pytest.mark.integration
+def test_an_interrupt_as_a_call_ends_leaves_nothing_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """interrupt() from another thread while a call is ending (here: inside its cleanup)
+    either stops the call or finds none; it never leaves the abort flag set or llama.cpp's
+    log silenced for the calls after."""
+    import threading
+
+    from llama_cpp._logger import logger
+
+    from appliance.generate import llama as llama_module
+    from appliance.generate import load_generator
+
+    app = _tiny_app(tmp_path)
+    gen: Any = load_generator(app.settings, app.registry, SMOL)
+    original = llama_module._llama_logs
+    racers: list[threading.Thread] = []
+
+    def logs(*, quiet: bool) -> None:
+        if not quiet and not racers:  # the call's cleanup: interrupt from another thread now
+            racers.append(threading.Thread(target=gen.interrupt))
+            racers[0].start()
+            racers[0].join(0.2)
+        original(quiet=quiet)
+
+    monkeypatch.setattr(llama_module, "_llama_logs", logs)
+    try:
+        text = "".join(gen.stream([{"role": "user", "content": "Say hello."}], 4))
+        racers[0].join(10)
+        assert not racers[0].is_alive()
+        assert logger.level == logging.ERROR and gen._abort_flag[0] == b"\x00", text
+        assert "".join(gen.stream([{"role": "user", "content": "Say hello."}], 4)) == text
     finally:
         gen.close()
         app.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from appliance.cli._base import AppContext, cli, err, lit, out, pass_ctx, progress_bar
+from appliance.cli._base import AppContext, cli, err, json_line, lit, out, pass_ctx, progress_bar
 from appliance.errors import InputError, KnowledgeBaseNotFoundError
 
 DEFAULT_MODES = "base,rag,ft,hybrid"
@@ -100,7 +99,7 @@ def eval_command(c: AppContext, eval_set: Path, kb: str, modes: str | None, mode
         pipeline.close()
     paths = write_reports(report, out_dir)
     if as_json:
-        click.echo(json.dumps(report, ensure_ascii=False))
+        click.echo(json_line(report))
         return
     for mode, reason in report["skipped"].items():
         err.print(f"[yellow]{mode} skipped[/]: {lit(reason)}.")
@@ -141,7 +140,7 @@ def eval_retrieval(c: AppContext, folder: Path, k: int, as_json: bool) -> None:
         result = evaluate_beir(folder, c.app.settings, k=k,
                                progress=lambda label, d, t: update(d, t, label))
     if as_json:
-        click.echo(json.dumps(result, ensure_ascii=False))
+        click.echo(json_line(result))
         return
     out.print(f"[bold]{lit(folder)}[/]: {result['documents']} documents "
               f"({result['chunks']} chunks), {result['queries']} judged queries, top {k}")

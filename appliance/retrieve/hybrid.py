@@ -225,7 +225,7 @@ class Retriever:
             timings["search"] += (time.perf_counter() - t1) * 1000
         t2 = time.perf_counter()
         if mode in ("hybrid", "keyword"):
-            keyword = self.kb.keyword_search(query, depth, collection)
+            keyword = self.kb.keyword_search(asked, depth, collection)  # folds it
         rankings: dict[str, list[int]] = {
             "vector": [i for i, _ in vector],
             "keyword": [i for i, _ in keyword],

@@ -549,17 +549,23 @@ class KnowledgeBase:
         escaped by :func:`fts_query`. A query with Chinese, Japanese or Korean characters
         also searches ``chunks_cjk`` with its character pairs; a chunk found by both
         indexes keeps the better relevance.
+
+        The query is matched in :func:`~appliance.types.fold_text` form, as documents are
+        stored; when that differs from the text as given, the text as given is matched too,
+        for documents stored before text was folded (an unchanged file is not read again).
         """
-        text = fold_text(text)
-        found = self._match("chunks_fts", fts_query(text), k, collection)
-        pairs = query_terms(text)
-        if pairs and self._has_table("chunks_cjk"):
-            query = " OR ".join('"' + t.replace('"', '""') + '"' for t in pairs)
-            best = dict(found)
-            for chunk_id, score in self._match("chunks_cjk", query, k, collection):
+        folded = fold_text(text)
+        forms = [folded] if folded == text else [folded, text]
+        best: dict[int, float] = {}
+        for form in forms:
+            found = self._match("chunks_fts", fts_query(form), k, collection)
+            pairs = query_terms(form)
+            if pairs and self._has_table("chunks_cjk"):
+                query = " OR ".join('"' + t.replace('"', '""') + '"' for t in pairs)
+                found += self._match("chunks_cjk", query, k, collection)
+            for chunk_id, score in found:
                 best[chunk_id] = max(score, best.get(chunk_id, score))
-            found = sorted(best.items(), key=lambda item: -item[1])[:k]
-        return found
+        return sorted(best.items(), key=lambda item: -item[1])[:k]
 
     def _match(
         self, table: str, query: str | None, k: int, collection: str | None

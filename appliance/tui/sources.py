@@ -109,13 +109,19 @@ _NEWLINES = re.compile(r"\r\n?|[\v\f\x1c-\x1e\x85\u2028\u2029]")
 _BREAKS = re.compile(r"[\n\t]")
 
 
+_UNPRINTABLE = re.compile(f"{CONTROL_CHARS.pattern}|[\ud800-\udfff]")
+""":data:`CONTROL_CHARS` and unpaired surrogates (a byte of a file name that is not UTF-8),
+which a UTF-8 terminal cannot show."""
+
+
 def printable(text: str, *, one_line: bool = False) -> str:
     """``text`` with nothing that could drive the terminal: control characters (escape
     sequences, bells, NUL, C1 codes) and bidirectional overrides become U+FFFD (``�``) or,
     for line and paragraph separators, a newline. Tabs and newlines are kept, unless
-    ``one_line``: then each becomes a space. Markup is not touched (show the result as
+    ``one_line``: then each becomes a space. A byte that is not UTF-8 (a file name's)
+    becomes U+FFFD too. Markup is not touched (show the result as
     ``Text``, never as markup)."""
-    text = CONTROL_CHARS.sub("\ufffd", _NEWLINES.sub("\n", text))
+    text = _UNPRINTABLE.sub("\ufffd", _NEWLINES.sub("\n", text))
     return _BREAKS.sub(" ", text) if one_line else text
 
 
