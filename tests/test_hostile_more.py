@@ -310,3 +310,28 @@ def test_tui_printable_shows_a_byte_that_is_not_utf8_as_a_replacement_character(
 
     assert printable("n" + BAD_BYTE) == "nn\ufffdame.md"
     printable("n" + BAD_BYTE).encode("utf-8")  # a UTF-8 terminal can show it
+
+
+def test_a_path_prefix_is_a_folder_not_the_start_of_a_name(tmp_path: Path) -> None:
+    """`search --path-prefix /docs` searches under /docs, not /docs2 as well."""
+    emb = HashEmbedder()
+    texts = {"/docs/a.txt": "pump maintenance schedule", "/docs2/b.txt": "pump maintenance log",
+             "/docs": "pump maintenance notes"}
+    with _kb(tmp_path / "k.sqlite", texts) as kb:
+        retriever = Retriever(kb, emb, RetrieveSettings.model_validate({}))
+        for prefix in ("/docs", "/docs/"):
+            paths = {h.path for h in retriever.search("pump maintenance", k=5,
+                                                      path_prefix=prefix).hits}
+            assert "/docs2/b.txt" not in paths and "/docs/a.txt" in paths, prefix
+        assert {h.path for h in retriever.search("pump", k=5, path_prefix="/docs2/b.txt").hits
+                } == {"/docs2/b.txt"}
+
+
+@pytest.mark.parametrize("query", ["\u200b", "\u200b\u200d \ufeff", "\u00ad\u2060"])
+def test_a_query_of_invisible_characters_is_empty(tmp_path: Path, query: str) -> None:
+    emb = HashEmbedder()
+    with _kb(tmp_path / "k.sqlite", {"/a.txt": "pump maintenance"}) as kb:
+        retriever = Retriever(kb, emb, RetrieveSettings.model_validate({}))
+        with pytest.raises(InputError, match="empty"):
+            retriever.search(query)
+        assert emb.calls == 0

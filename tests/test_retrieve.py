@@ -131,7 +131,7 @@ def test_proximity_setting_prefers_words_said_together(tmp_path: Path) -> None:
         assert [h.path for h in hits] == ["/together.txt", "/apart.txt"]
         assert hits[0].score > hits[1].score
         assert set(hits[0].to_json()["scores"]) == {"vector", "keyword"}  # format unchanged
-        only_prefix = retriever.search("Why did oil prices rise?", k=2, path_prefix="/apart")
+        only_prefix = retriever.search("Why did oil prices rise?", k=2, path_prefix="/apart.txt")
         assert [h.path for h in only_prefix.hits] == ["/apart.txt"]
         retriever.settings = RetrieveSettings(proximity_weight=0.0)
         off = retriever.search("Why did oil prices rise?", k=2).hits

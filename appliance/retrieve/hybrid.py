@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from appliance.store.sqlite import ChunkRow
 from appliance.types import Embedder, Hit, fold_text
 
 __all__ = ["MAX_QUERY_CHARS", "Retriever", "SearchResult", "check_query", "proximity",
-           "query_terms", "rrf_fuse", "score_fuse"]
+           "query_terms", "rrf_fuse", "score_fuse", "under"]
 
 MODES = ("hybrid", "vector", "keyword")
 
@@ -103,6 +105,20 @@ def check_query(query: str) -> None:
     if bad is not None:
         raise InputError(f"The query holds {bad}, a byte that is not UTF-8; set the terminal "
                          "(or the script) to UTF-8 and type it again.")
+
+
+_INVISIBLE = re.compile("[\u200b-\u200d\u2060\ufeff\u00ad]")
+"""Characters that print as nothing (zero-width spaces and joiners, word joiner, BOM, soft
+hyphen): a query of these alone is empty."""
+
+
+def under(path: str, prefix: str) -> bool:
+    """Whether ``path`` lies under ``prefix``: ``prefix`` itself or a path inside that
+    folder (``/docs`` holds ``/docs/a.md``, not ``/docs2/a.md``). A prefix that ends with
+    the separator is a folder already; one written as a file name matches that file."""
+    if prefix.endswith(os.sep):
+        return path.startswith(prefix)
+    return path == prefix or path.startswith(prefix + os.sep)
 
 
 def query_terms(kb: KnowledgeBase, query: str) -> list[str]:
@@ -190,8 +206,8 @@ class Retriever:
     ) -> SearchResult:
         """The best ``k`` chunks for ``query`` in ``mode`` (hybrid, vector or keyword).
 
-        ``collection`` restricts to one collection; ``path_prefix`` to documents whose path
-        starts with it (applied after each channel's candidates are taken, so a very
+        ``collection`` restricts to one collection; ``path_prefix`` to documents
+        :func:`under` it (applied after each channel's candidates are taken, so a very
         selective prefix may return fewer than ``k`` hits). ``rerank`` (default: the
         ``rerank`` setting) reorders the best ``rerank_depth`` candidates with the
         reranker before the first ``k`` are returned.
@@ -202,7 +218,7 @@ class Retriever:
         k = k or self.settings.k
         reranking = self.settings.rerank if rerank is None else rerank
         want = max(k, self.settings.rerank_depth) if reranking else k
-        if not query.strip():
+        if not _INVISIBLE.sub("", query).strip():
             raise InputError("The query is empty; type a question or some keywords.")
         check_query(query)
         asked, query = query, fold_text(query)  # matched as documents are stored
@@ -259,7 +275,7 @@ class Retriever:
         hits: list[Hit] = []
         for cid, score in fused:
             row = rows.get(cid)
-            if row is None or (path_prefix and not row.path.startswith(path_prefix)):
+            if row is None or (path_prefix and not under(row.path, path_prefix)):
                 continue
             hits.append(
                 Hit(
@@ -296,5 +312,5 @@ class Retriever:
         return {
             cid: proximity(terms, self.kb.terms(row.text), window)
             for cid, row in rows.items()
-            if not path_prefix or row.path.startswith(path_prefix)
+            if not path_prefix or under(row.path, path_prefix)
         }
