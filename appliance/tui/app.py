@@ -115,6 +115,8 @@ class MainScreen(Screen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("f1", "app.help", "Help"),
+        # Quit second, not last: a narrow terminal cuts the footer's end off.
+        Binding("ctrl+q", "app.quit", "Quit"),
         Binding("f2", "app.pick_mode", "Mode"),
         Binding("f3", "app.pick_model", "Model"),
         Binding("f4", "app.pick_kb", "KB"),

@@ -403,3 +403,16 @@ async def test_esc_stops_a_model_still_reading_the_prompt(env: Env) -> None:
         assert made[-1].abort.is_set()
         assert "stopped" in str(view.query_one(".meta", Label).render())
         assert not app.query(ErrorDialog)
+
+
+@pytest.mark.parametrize("width", [60, 100])
+async def test_the_footer_shows_how_to_quit_on_a_narrow_terminal(env: Env, width: int) -> None:
+    """A narrow terminal cuts the footer's end off: Help and Quit come first."""
+    from textual.widgets._footer import FooterKey
+
+    app = env.app()
+    async with app.run_test(size=(width, 24)) as pilot:
+        await settle(pilot)
+        keys = {k.description: k.region for k in app.screen.query(FooterKey)}
+        assert list(keys)[:2] == ["Help", "Quit"]
+        assert 0 < keys["Quit"].right <= width
