@@ -19,6 +19,7 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from appliance.errors import ConfigError
+from appliance.files import is_new
 
 __all__ = [
     "AnswerSettings",
@@ -28,6 +29,7 @@ __all__ = [
     "RetrieveSettings",
     "Settings",
     "StoreSettings",
+    "cache_dir",
     "data_dir",
     "load_settings",
     "packaged_models_dir",
@@ -260,6 +262,16 @@ def data_dir() -> Path:
     return Path(platformdirs.user_data_dir("appliance", appauthor=False))
 
 
+def cache_dir() -> Path:
+    """The per-user build cache: ``$APPLIANCE_CACHE``, else ``$XDG_CACHE_HOME/appliance``,
+    else ``~/.cache/appliance`` (what ``scripts/setup.sh`` fills)."""
+    env = os.environ.get("APPLIANCE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "appliance"
+
+
 def packaged_models_dir() -> Path:
     """Folder of the packaged model manifest and files.
 
@@ -298,10 +310,7 @@ def load_settings(home: Path | None = None, **overrides: dict[str, Any]) -> Sett
     if base.exists() and not base.is_dir():
         raise ConfigError(f"The data directory {base} is a file, not a folder; point "
                           "APPLIANCE_HOME at a folder.")
-    blocker = next((p for p in base.parents if os.path.lexists(p)), None)
-    if not os.path.lexists(base) and blocker is not None and not blocker.is_dir():
-        raise ConfigError(f"The data directory {base} cannot be created: {blocker} is a "
-                          "file, not a folder; point APPLIANCE_HOME at a folder.")
+    is_new(base, "point APPLIANCE_HOME at a folder.", ConfigError)
     raw: dict[str, Any] = {}
     cfg = base / "config.toml"
     if cfg.is_file():

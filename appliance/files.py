@@ -32,6 +32,7 @@ __all__ = [
     "is_new",
     "read_bytes",
     "read_text",
+    "require_utf8",
     "same_file",
     "surrogate_in",
     "unpaired_surrogate",
@@ -106,6 +107,15 @@ def unpaired_surrogate(text: str) -> str | None:
     """
     found = _SURROGATE.search(text)
     return None if found is None else f"\\u{ord(found.group()):04x}"
+
+
+def require_utf8(text: str, what: str) -> None:
+    """InputError when ``text`` (typed or passed as an argument: "the question", "the
+    query") holds a byte that is not UTF-8."""
+    bad = unpaired_surrogate(text)
+    if bad is not None:
+        raise InputError(f"The {what} holds {bad}, a byte that is not UTF-8; set the terminal "
+                         "(or the script) to UTF-8 and type it again.")
 
 
 def surrogate_in(value: Any) -> tuple[str, str] | None:

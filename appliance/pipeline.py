@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from appliance.config import AnswerSettings, Settings
 from appliance.errors import InputError
-from appliance.files import unpaired_surrogate
+from appliance.files import require_utf8
 from appliance.generate import (
     ABSTAIN_SENTENCE,
     ANSWER_REMINDER,
@@ -49,7 +49,7 @@ from appliance.generate.prompt import PromptSource
 from appliance.generate.repetition import RepetitionGuard
 from appliance.retrieve import SearchResult
 from appliance.store import has_content_words
-from appliance.types import Answer, Citation, Generator, Hit, strip_controls
+from appliance.types import Answer, Citation, Generator, Hit, is_blank, strip_controls
 
 if TYPE_CHECKING:
     from appliance.api import Appliance
@@ -123,17 +123,14 @@ def checked_question(question: str, config: AnswerSettings) -> str:
     """``question`` without control characters or surrounding blanks; InputError when
     nothing is left, when it is longer than ``config.max_question_chars`` or when it is not
     text (a byte that is not UTF-8). Front ends call it before loading a model."""
-    text = strip_controls(question).strip()
-    if not text:
+    if is_blank(question):
         raise InputError("The question is empty; type a question.")
+    text = strip_controls(question).strip()
     if len(text) > config.max_question_chars:
         raise InputError(
             f"The question is {len(text):,} characters long, over the limit of "
             f"{config.max_question_chars:,} (answer.max_question_chars); ask a shorter one.")
-    bad = unpaired_surrogate(text)
-    if bad is not None:  # the model's tokenizer and the answer record need UTF-8 text
-        raise InputError(f"The question holds {bad}, a byte that is not UTF-8; set the "
-                         "terminal (or the script) to UTF-8 and type it again.")
+    require_utf8(text, "question")  # the model's tokenizer and the answer record need it
     return text
 
 

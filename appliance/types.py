@@ -15,6 +15,7 @@ __all__ = [
     "CONTROL_CHARS",
     "FLAG_NOTES",
     "NOT_GENERATED",
+    "UNSHOWABLE",
     "Answer",
     "Chunk",
     "Citation",
@@ -27,6 +28,7 @@ __all__ = [
     "Section",
     "answer_notes",
     "fold_text",
+    "is_blank",
     "page_suffix",
     "strip_controls",
     "unique_sections",
@@ -284,6 +286,19 @@ CONTROL_CHARS = re.compile(
 """Characters that drive a terminal or reorder text instead of showing: C0 and C1 control
 codes (NUL, ESC, CSI, ...) other than tab, newline and carriage return, and bidirectional
 overrides."""
+
+
+UNSHOWABLE = re.compile(f"{CONTROL_CHARS.pattern}|[\ud800-\udfff]")
+""":data:`CONTROL_CHARS` and unpaired surrogates (a byte of a file name that is not UTF-8):
+what no UTF-8 terminal may be sent."""
+
+_INVISIBLE = re.compile("[\u200b-\u200d\u2060\ufeff\u00ad]")
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` shows nothing: blanks, control characters and characters that
+    print as nothing (zero-width spaces and joiners, word joiner, BOM, soft hyphen)."""
+    return not _INVISIBLE.sub("", strip_controls(text)).strip()
 
 
 SOFT_HYPHEN = "\u00ad"

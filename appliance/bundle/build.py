@@ -47,7 +47,7 @@ import appliance
 from appliance.bundle import keys, verify
 from appliance.bundle.errors import BundleError
 from appliance.bundle.sbom import WheelInfo, build_sbom, wheel_info
-from appliance.config import packaged_models_dir, validate_kb_name
+from appliance.config import cache_dir, packaged_models_dir, validate_kb_name
 from appliance.files import is_new
 
 if TYPE_CHECKING:
@@ -59,7 +59,6 @@ __all__ = [
     "PYTHON_VERSIONS",
     "BuildOptions",
     "BuildReport",
-    "appliance_cache",
     "build_bundle",
     "source_checkout",
 ]
@@ -75,15 +74,6 @@ _LOCK_ENTRY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
 _HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
 
 Log = Callable[[str], None]
-
-
-def appliance_cache() -> Path:
-    """``$APPLIANCE_CACHE``, else ``$XDG_CACHE_HOME/appliance``, else ``~/.cache/appliance``."""
-    env = os.environ.get("APPLIANCE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "appliance"
 
 
 def source_checkout() -> Path:
@@ -609,7 +599,7 @@ def build_bundle(app: Appliance, options: BuildOptions, log: Log | None = None) 
         raise BundleError(f"Python {options.python_version} is not supported; use "
                           f"{' or '.join(PYTHON_VERSIONS)}.")
     repo = options.repo or source_checkout()
-    cache = options.cache or appliance_cache()
+    cache = options.cache or cache_dir()
     epoch = _epoch()
     out = Path(options.out).expanduser().resolve()
     _check_out(out)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -25,7 +24,7 @@ from rich.progress import (
 from rich.segment import Segment
 
 from appliance.config import load_settings
-from appliance.types import CONTROL_CHARS
+from appliance.types import UNSHOWABLE
 
 if TYPE_CHECKING:
     from appliance.api import Appliance
@@ -48,11 +47,6 @@ def lit(value: object) -> str:
     return escape(str(value))
 
 
-_UNSHOWABLE = re.compile(f"{CONTROL_CHARS.pattern}|[\ud800-\udfff]")
-""":data:`~appliance.types.CONTROL_CHARS` and unpaired surrogates (a file name that is not
-UTF-8), which cannot be written to a UTF-8 terminal at all."""
-
-
 class _Console(Console):
     """A console on which text that is not valid markup prints literally instead of
     raising (the safety net behind :func:`lit` for any value a template forgot to wrap),
@@ -69,8 +63,8 @@ class _Console(Console):
     def render(self, renderable: RenderableType,
                options: ConsoleOptions | None = None) -> Iterable[Segment]:
         for segment in super().render(renderable, options):
-            if segment.control is None and _UNSHOWABLE.search(segment.text):
-                text = _UNSHOWABLE.sub(
+            if segment.control is None and UNSHOWABLE.search(segment.text):
+                text = UNSHOWABLE.sub(
                     lambda m: "\ufffd" if "\ud800" <= m.group() <= "\udfff" else "",
                     segment.text)
                 yield Segment(text, segment.style)
@@ -78,15 +72,12 @@ class _Console(Console):
                 yield segment
 
 
-_JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-
-
 def json_line(data: Any) -> str:
     """``data`` as one line of JSON with non-ASCII text as written, except the characters
     that would drive the terminal (C1 controls, bidirectional overrides) or cannot be
     written as UTF-8 (unpaired surrogates): those are ``\\uXXXX`` escapes, which JSON
-    reads back as the same string (json.dumps already escapes C0 controls)."""
-    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}",
+    reads back as the same string (json.dumps already escapes the other controls)."""
+    return UNSHOWABLE.sub(lambda m: f"\\u{ord(m.group()):04x}",
                             json.dumps(data, ensure_ascii=False))
 
 

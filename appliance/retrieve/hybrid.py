@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,11 +13,11 @@ import numpy.typing as npt
 
 from appliance.config import RetrieveSettings
 from appliance.errors import InputError
-from appliance.files import unpaired_surrogate
+from appliance.files import require_utf8
 from appliance.retrieve.rerank import Reranker, rerank_hits
 from appliance.store import KnowledgeBase, query_words
 from appliance.store.sqlite import ChunkRow
-from appliance.types import Embedder, Hit, fold_text
+from appliance.types import Embedder, Hit, fold_text, is_blank
 
 __all__ = ["MAX_QUERY_CHARS", "Retriever", "SearchResult", "check_query", "proximity",
            "query_terms", "rrf_fuse", "score_fuse", "under"]
@@ -101,15 +100,7 @@ def check_query(query: str) -> None:
     if len(query) > MAX_QUERY_CHARS:
         raise InputError(f"The query is {len(query):,} characters long, over the limit of "
                          f"{MAX_QUERY_CHARS:,}; search with a shorter one.")
-    bad = unpaired_surrogate(query)
-    if bad is not None:
-        raise InputError(f"The query holds {bad}, a byte that is not UTF-8; set the terminal "
-                         "(or the script) to UTF-8 and type it again.")
-
-
-_INVISIBLE = re.compile("[\u200b-\u200d\u2060\ufeff\u00ad]")
-"""Characters that print as nothing (zero-width spaces and joiners, word joiner, BOM, soft
-hyphen): a query of these alone is empty."""
+    require_utf8(query, "query")
 
 
 def under(path: str, prefix: str) -> bool:
@@ -218,7 +209,7 @@ class Retriever:
         k = k or self.settings.k
         reranking = self.settings.rerank if rerank is None else rerank
         want = max(k, self.settings.rerank_depth) if reranking else k
-        if not _INVISIBLE.sub("", query).strip():
+        if is_blank(query):
             raise InputError("The query is empty; type a question or some keywords.")
         check_query(query)
         asked, query = query, fold_text(query)  # matched as documents are stored

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.config import cache_dir
 from appliance.train.errors import ExportError
 
 __all__ = [
     "ExportResult",
-    "cache_dir",
     "convert_to_gguf",
     "converter_dir",
     "export_adapter_gguf",
@@ -55,15 +55,6 @@ params.nthread = nthread
 rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
 sys.exit(0 if rc == 0 else 3)
 """
-
-
-def cache_dir() -> Path:
-    """``$APPLIANCE_CACHE``, else ``$XDG_CACHE_HOME/appliance``, else ``~/.cache/appliance``."""
-    env = os.environ.get("APPLIANCE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "appliance"
 
 
 def llama_version() -> str:

@@ -210,7 +210,8 @@ def build_packaged(settings: Settings, log: Callable[[str], None] | None = None,
     Each adapter's files are checked against its lineage first. A GGUF already in the
     cache under the same key is reused (``force`` rebuilds it).
     """
-    from appliance.train.export import cache_dir, llama_version
+    from appliance.config import cache_dir
+    from appliance.train.export import llama_version
 
     say = log or (lambda _msg: None)
     folder = models_dir or packaged_models_dir()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.generate import citation_numbers
-from appliance.types import CONTROL_CHARS, Answer, Citation, Hit
+from appliance.types import UNSHOWABLE, Answer, Citation, Hit
 
 __all__ = [
     "SourceView",
@@ -109,11 +109,6 @@ _NEWLINES = re.compile(r"\r\n?|[\v\f\x1c-\x1e\x85\u2028\u2029]")
 _BREAKS = re.compile(r"[\n\t]")
 
 
-_UNPRINTABLE = re.compile(f"{CONTROL_CHARS.pattern}|[\ud800-\udfff]")
-""":data:`CONTROL_CHARS` and unpaired surrogates (a byte of a file name that is not UTF-8),
-which a UTF-8 terminal cannot show."""
-
-
 def printable(text: str, *, one_line: bool = False) -> str:
     """``text`` with nothing that could drive the terminal: control characters (escape
     sequences, bells, NUL, C1 codes) and bidirectional overrides become U+FFFD (``�``) or,
@@ -121,7 +116,7 @@ def printable(text: str, *, one_line: bool = False) -> str:
     ``one_line``: then each becomes a space. A byte that is not UTF-8 (a file name's)
     becomes U+FFFD too. Markup is not touched (show the result as
     ``Text``, never as markup)."""
-    text = _UNPRINTABLE.sub("\ufffd", _NEWLINES.sub("\n", text))
+    text = UNSHOWABLE.sub("\ufffd", _NEWLINES.sub("\n", text))
     return _BREAKS.sub(" ", text) if one_line else text
 
 
