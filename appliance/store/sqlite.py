@@ -63,6 +63,10 @@ _STOPWORDS = frozenset(
     """.split()
 )
 
+# "Lenin's", "don't", "we'll": the tokenizer makes "s", "t", "ll" of the endings, terms in
+# a third of all English chunks (slow to score, near-zero weight); "vitamin D" keeps its "d"
+_CLITIC = re.compile(r"(?<=\w)['\u2019](?:s|t|d|ll|m|re|ve)\b", re.IGNORECASE)
+
 
 def query_words(text: str) -> list[str]:
     """The words of a query that carry its meaning, lowercased, in order, repeats kept.
@@ -86,10 +90,12 @@ def fts_query(text: str) -> str | None:
     """Turn free text into a safe FTS5 query: quoted words joined by OR.
 
     Quotes, operators, ``-``, ``*``, ``:`` and brackets in the input are never interpreted.
-    Common English words are dropped unless nothing else is left. None when no word remains.
+    Common English words are dropped unless nothing else is left, and so are the endings of
+    possessives and contractions (the ``s`` of ``'s``, the ``t`` of ``n't``). None when no
+    word remains.
     """
     seen: dict[str, None] = {}
-    for w in query_words(text):
+    for w in query_words(_CLITIC.sub("", text)):
         seen.setdefault(w, None)
     if not seen:
         return None
@@ -144,6 +150,7 @@ class KnowledgeBase:
         readonly: bool = False,
     ) -> None:
         self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
         self._tokenizer: Callable[..., Any] | None = None
         self._tables: dict[str, bool] = {}
         if not path.exists() and not create:
