@@ -152,8 +152,8 @@ class RetrieveSettings(_Section):
     concurrent_channels: bool = Field(
         True, description="In hybrid search, run the keyword channel on a second, read-only "
         "connection while the query is embedded and the vector channel searched (the "
-        "results are the same; on 2 cores at 100k chunks it takes about a quarter off the "
-        "p50 and p95). Off runs the channels one after the other on one connection.",
+        "results are the same; on 2 cores at 100k chunks it takes about 30 % off the p50 "
+        "and p95). Off runs the channels one after the other on one connection.",
     )
     prefilter_from: int = Field(
         20_000, ge=0,

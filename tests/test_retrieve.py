@@ -201,3 +201,24 @@ def test_keyword_channel_moves_back_when_the_second_connection_fails(
     hits = retriever.search("with statement __exit__", k=1).hits
     assert hits[0].path == "/docs/with.rst" and hits[0].scores["keyword"] is not None
     assert retriever._keyword_side() is None and _keyword_threads() == before - 1
+
+
+def test_searches_from_several_threads_share_the_keyword_channel(retriever: Retriever) -> None:
+    queries = ["with statement __exit__", "for loop items", "while condition", "statement"]
+    expected = {q: [h.chunk_id for h in retriever.search(q, k=3).hits] for q in queries}
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(10):
+                for q in queries:
+                    assert [h.chunk_id for h in retriever.search(q, k=3).hits] == expected[q]
+        except BaseException as exc:  # reported below: a thread's assertion is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

@@ -269,7 +269,10 @@ class Retriever:
         side = (self._keyword_side()
                 if mode == "hybrid" and self.settings.concurrent_channels else None)
         if side is not None:
-            pending = side[1].submit(side[0].keyword_search, asked, depth, collection)
+            try:
+                pending = side[1].submit(side[0].keyword_search, asked, depth, collection)
+            except RuntimeError:  # another thread's search closed it a moment ago
+                pending = None
         if mode in ("hybrid", "vector"):
             t0 = time.perf_counter()
             qvec = self.embedder.embed([query])[0]
