@@ -16,9 +16,11 @@ under ``--out``, so a rerun resumes. Tune here, on dev; report on the test split
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,28 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # product's FEW_SHOT pair (a cited answer and an abstention)
     "one": {"examples": 1},
     "two": {"examples": 2},
+    # the question both before and after the sources, so the reader meets the sources
+    # knowing what it looks for (a decoder reads left to right)
+    "sandwich": {"question_first": True},
 }
+
+
+@contextlib.contextmanager
+def _question_first() -> Iterator[None]:
+    """Build prompts whose user message opens with the question as well."""
+    from appliance.generate import prompt
+
+    plain = prompt._user_message
+
+    def both(blocks: Any, question: str, reminder: str = prompt.ANSWER_REMINDER) -> str:
+        return f"Question: {prompt.neutralise(question.strip())}\n\n" + \
+            plain(blocks, question, reminder)
+
+    prompt._user_message = both
+    try:
+        yield
+    finally:
+        prompt._user_message = plain
 
 
 class _Reversed:
@@ -112,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             for line in journal.read_text(encoding="utf-8").splitlines():
                 rec = json.loads(line)
                 done[rec["id"]] = rec
-        with journal.open("a", encoding="utf-8") as fh:
+        with journal.open("a", encoding="utf-8") as fh, (
+            _question_first() if variant.get("question_first") else contextlib.nullcontext()
+        ):
             for i, item in enumerate(eval_set.items, 1):
                 if item.id in done:
                     continue
