@@ -149,6 +149,12 @@ class RetrieveSettings(_Section):
         0.4, ge=0, description="Weight of the reranker's score (mean log-probability per "
         "query token) added to the fused score.",
     )
+    keyword_max_share: float = Field(
+        0.1, gt=0, le=1, description="Above prefilter_from chunks, keyword queries leave out "
+        "words found in more than this share of the chunks (all are kept when every word is "
+        "that common): bm25 weighs them little but scores every row they are in. 1.0 keeps "
+        "every word.",
+    )
     concurrent_channels: bool = Field(
         True, description="In hybrid search, run the keyword channel on a second, read-only "
         "connection while the query is embedded and the vector channel searched (the "
@@ -158,7 +164,8 @@ class RetrieveSettings(_Section):
     prefilter_from: int = Field(
         20_000, ge=0,
         description="Above this many chunks, vector search prefilters by binary codes, "
-        "then rescores with the float vectors.",
+        "then rescores with the float vectors, and keyword search leaves out words as "
+        "keyword_max_share says.",
     )
     oversample: int = Field(
         4, ge=1, le=64, description="Binary-prefilter candidates per hit wanted."

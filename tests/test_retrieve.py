@@ -222,3 +222,13 @@ def test_searches_from_several_threads_share_the_keyword_channel(retriever: Retr
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_common_words_are_left_out_above_prefilter_from(retriever: Retriever) -> None:
+    query = "which statement calls __exit__"  # "statement" is in every document
+    assert len(retriever.search(query, mode="keyword", k=5).hits) == 3
+    retriever.settings = RetrieveSettings(prefilter_from=2, keyword_max_share=0.5)
+    hits = retriever.search(query, mode="keyword", k=5).hits
+    assert [h.path for h in hits] == ["/docs/with.rst"]
+    retriever.settings = RetrieveSettings(prefilter_from=3, keyword_max_share=0.5)
+    assert len(retriever.search(query, mode="keyword", k=5).hits) == 3  # 3 chunks: not above

@@ -139,6 +139,22 @@ def test_fts_query_drops_possessive_and_contraction_endings() -> None:
     assert fts_query("'s") == '"s"'  # not an ending: nothing before the apostrophe
 
 
+def test_keyword_search_leaves_out_common_words_on_large_bases(kb: KnowledgeBase) -> None:
+    texts = [f"the common harbour wall, part {i}" for i in range(30)]
+    texts[7] += " with a lighthouse"
+    _add(kb, HashEmbedder(), "/a.txt", texts)
+    every = kb.keyword_search("common lighthouse", 50)
+    assert len(every) == 30 and "lighthouse" in kb.chunks([every[0][0]])[every[0][0]].text
+    bounded = kb.keyword_search("common lighthouse", 50, max_share=0.1, bound_from=0)
+    assert len(bounded) == 1 and bounded[0][0] == every[0][0]  # "common" is in every chunk
+    # at or below bound_from chunks every word is searched
+    assert kb.keyword_search("common lighthouse", 50, max_share=0.1, bound_from=30) == every
+    # when every word is that common, all are kept rather than none
+    assert len(kb.keyword_search("common harbour", 50, max_share=0.1, bound_from=0)) == 30
+    for query in HOSTILE_QUERIES:
+        kb.keyword_search(query, 5, max_share=0.1, bound_from=0)  # never raises
+
+
 def test_query_words_keep_order_and_repeats() -> None:
     assert query_words("Which cars were the cars of the crisis?") == ["cars", "cars", "crisis"]
     assert query_words("the and of") == ["the", "and", "of"]

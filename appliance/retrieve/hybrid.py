@@ -266,11 +266,17 @@ class Retriever:
         keyword: list[tuple[int, float]] = []
         qvec: npt.NDArray[np.float32] | None = None
         pending: Future[list[tuple[int, float]]] | None = None
+
+        def keyword_search(kb: KnowledgeBase) -> list[tuple[int, float]]:
+            return kb.keyword_search(asked, depth, collection,  # folds the query
+                                     max_share=self.settings.keyword_max_share,
+                                     bound_from=self.settings.prefilter_from)
+
         side = (self._keyword_side()
                 if mode == "hybrid" and self.settings.concurrent_channels else None)
         if side is not None:
             try:
-                pending = side[1].submit(side[0].keyword_search, asked, depth, collection)
+                pending = side[1].submit(keyword_search, side[0])
             except RuntimeError:  # another thread's search closed it a moment ago
                 pending = None
         if mode in ("hybrid", "vector"):
@@ -292,7 +298,7 @@ class Retriever:
                 self._close_side()
                 pending = None
         if pending is None and mode in ("hybrid", "keyword"):
-            keyword = self.kb.keyword_search(asked, depth, collection)  # folds it
+            keyword = keyword_search(self.kb)
         rankings: dict[str, list[int]] = {
             "vector": [i for i, _ in vector],
             "keyword": [i for i, _ in keyword],

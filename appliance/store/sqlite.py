@@ -39,7 +39,7 @@ from appliance.store.schema import (
 from appliance.store.segment import has_cjk, index_text, query_terms
 from appliance.types import Chunk, Embedder, fold_text
 
-__all__ = ["ChunkRow", "DocumentRow", "KnowledgeBase", "fts_query", "query_words"]
+__all__ = ["ChunkRow", "DocumentRow", "KnowledgeBase", "fts_query", "fts_words", "query_words"]
 
 
 def _one(conn: apsw.Connection, sql: str, args: tuple[Any, ...] = ()) -> Any:
@@ -94,12 +94,20 @@ def fts_query(text: str) -> str | None:
     possessives and contractions (the ``s`` of ``'s``, the ``t`` of ``n't``). None when no
     word remains.
     """
-    seen: dict[str, None] = {}
-    for w in query_words(_CLITIC.sub("", text)):
-        seen.setdefault(w, None)
-    if not seen:
-        return None
-    return " OR ".join('"' + w.replace('"', '""') + '"' for w in list(seen)[:64])
+    return _or_query(fts_words(text))
+
+
+def fts_words(text: str) -> list[str]:
+    """The distinct words :func:`fts_query` searches for, in order (at most 64)."""
+    return list(dict.fromkeys(query_words(_CLITIC.sub("", text))))[:64]
+
+
+def _quoted(word: str) -> str:
+    return '"' + word.replace('"', '""') + '"'
+
+
+def _or_query(words: Sequence[str]) -> str | None:
+    return " OR ".join(_quoted(w) for w in words) if words else None
 
 
 @dataclass(frozen=True)
@@ -548,7 +556,8 @@ class KnowledgeBase:
         return [str(t) for t in tokens]
 
     def keyword_search(
-        self, text: str, k: int, collection: str | None = None
+        self, text: str, k: int, collection: str | None = None, *,
+        max_share: float | None = None, bound_from: int = 0,
     ) -> list[tuple[int, float]]:
         """The ``k`` best bm25 matches as (chunk id, relevance), best first.
 
@@ -556,6 +565,12 @@ class KnowledgeBase:
         escaped by :func:`fts_query`. A query with Chinese, Japanese or Korean characters
         also searches ``chunks_cjk`` with its character pairs; a chunk found by both
         indexes keeps the better relevance.
+
+        Above ``bound_from`` chunks, ``max_share`` leaves out the query's words found in
+        more of the chunks than that share (all are kept when every word is that common):
+        bm25 weighs such a word little but scores each of its rows, so on a large knowledge
+        base they take most of the time. Whether a word is that common is found by reading
+        at most that many of its rows.
 
         The query is matched in :func:`~appliance.types.fold_text` form, as documents are
         stored; when that differs from the text as given, the text as given is matched too,
@@ -565,7 +580,10 @@ class KnowledgeBase:
         forms = [folded] if folded == text else [folded, text]
         best: dict[int, float] = {}
         for form in forms:
-            found = self._match("chunks_fts", fts_query(form), k, collection)
+            words = fts_words(form)
+            if max_share is not None and max_share < 1.0:
+                words = self._uncommon(words, max_share, bound_from)
+            found = self._match("chunks_fts", _or_query(words), k, collection)
             pairs = query_terms(form)
             if pairs and self._has_table("chunks_cjk"):
                 query = " OR ".join('"' + t.replace('"', '""') + '"' for t in pairs)
@@ -573,6 +591,24 @@ class KnowledgeBase:
             for chunk_id, score in found:
                 best[chunk_id] = max(score, best.get(chunk_id, score))
         return sorted(best.items(), key=lambda item: -item[1])[:k]
+
+    def _uncommon(self, words: list[str], max_share: float, bound_from: int) -> list[str]:
+        """``words`` without those in more than ``max_share`` of the chunks, when there
+        are more than ``bound_from`` chunks (all of them when none is rarer)."""
+        size = int(_one(self.conn, "SELECT coalesce(max(id), 0) FROM chunks"))
+        cap = int(max_share * size) + 1
+        if not words or size <= bound_from or cap > size:
+            return words
+        sql = ("SELECT count(*) FROM (SELECT 1 FROM chunks_fts WHERE chunks_fts MATCH ? "
+               "LIMIT ?)")
+
+        def rare(word: str) -> bool:
+            try:
+                return int(_one(self.conn, sql, (_quoted(word), cap))) < cap
+            except apsw.SQLError:  # a word the tokenizer makes nothing of: keep it as is
+                return True
+
+        return [w for w in words if rare(w)] or words
 
     def _match(
         self, table: str, query: str | None, k: int, collection: str | None
