@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import apsw
+
 from appliance.config import Settings, load_settings
 from appliance.embed import OnnxEmbedder, load_embedder
 from appliance.errors import InputError
@@ -166,7 +168,10 @@ class Appliance:
     def close(self) -> None:
         """Close open knowledge bases."""
         for retriever in self._retrievers.values():
-            retriever.close()
+            try:
+                retriever.close()
+            except apsw.ThreadingViolationError:  # in use by another thread: it closes on exit
+                continue
         self._retrievers.clear()
         if self._reranker is not None:
             self._reranker.close()

@@ -150,10 +150,10 @@ class RetrieveSettings(_Section):
         "query token) added to the fused score.",
     )
     keyword_max_share: float = Field(
-        0.1, gt=0, le=1, description="Above prefilter_from chunks, keyword queries leave out "
-        "words found in more than this share of the chunks (all are kept when every word is "
-        "that common): bm25 weighs them little but scores every row they are in. 1.0 keeps "
-        "every word.",
+        0.1, gt=0, le=1, description="Above prefilter_from chunks, keyword queries without a "
+        "collection or path filter leave out words found in more than this share of the "
+        "chunks (all are kept when no found word is rarer): bm25 weighs them little but "
+        "scores every row they are in. 1.0 keeps every word.",
     )
     concurrent_channels: bool = Field(
         True, description="In hybrid search, run the keyword channel on a second, read-only "

@@ -232,3 +232,31 @@ def test_common_words_are_left_out_above_prefilter_from(retriever: Retriever) ->
     assert [h.path for h in hits] == ["/docs/with.rst"]
     retriever.settings = RetrieveSettings(prefilter_from=3, keyword_max_share=0.5)
     assert len(retriever.search(query, mode="keyword", k=5).hits) == 3  # 3 chunks: not above
+
+
+def test_a_passing_error_of_the_second_connection_keeps_it(
+    retriever: Retriever, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert retriever.search("with statement", k=1).hits
+    side = retriever._keyword_side()
+    assert side is not None
+    calls: list[str] = []
+
+    def busy_once(*args: object, **kwargs: object) -> list[tuple[int, float]]:
+        calls.append("busy")
+        raise apsw.BusyError("database is locked")
+
+    monkeypatch.setattr(side[0], "keyword_search", busy_once)
+    hits = retriever.search("with statement __exit__", k=1).hits
+    assert calls == ["busy"] and hits[0].path == "/docs/with.rst"
+    assert hits[0].scores["keyword"] is not None  # answered on the main connection
+    assert retriever._keyword_side() == side  # and the second one stays for the next query
+
+
+def test_common_words_are_kept_under_a_path_prefix(retriever: Retriever) -> None:
+    retriever.settings = RetrieveSettings(prefilter_from=2, keyword_max_share=0.5)
+    # "statement" is in every document, "__exit__" only outside /other/: bounded, the query
+    # would be "__exit__" alone and find nothing there
+    hits = retriever.search("statement __exit__", mode="keyword", k=5,
+                            path_prefix="/other/").hits
+    assert [h.path for h in hits] == ["/other/while.rst"]

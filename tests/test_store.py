@@ -151,6 +151,15 @@ def test_keyword_search_leaves_out_common_words_on_large_bases(kb: KnowledgeBase
     assert kb.keyword_search("common lighthouse", 50, max_share=0.1, bound_from=30) == every
     # when every word is that common, all are kept rather than none
     assert len(kb.keyword_search("common harbour", 50, max_share=0.1, bound_from=0)) == 30
+    # a word found nowhere (a typo) is not a rarer word that the query could stand on
+    assert len(kb.keyword_search("common harbourz", 50, max_share=0.1, bound_from=0)) == 30
+    assert kb.keyword_search("common harbourz lighthouse", 50, max_share=0.1,
+                             bound_from=0) == bounded
+    # within a collection a word common elsewhere may be rare: every word is searched
+    _add(kb, HashEmbedder(), "/b.txt", ["a common wall"], collection="other")
+    assert len(kb.keyword_search("common lighthouse", 50, "other", max_share=0.1,
+                                 bound_from=0)) == 1
+    assert kb.chunk_count() == 31
     for query in HOSTILE_QUERIES:
         kb.keyword_search(query, 5, max_share=0.1, bound_from=0)  # never raises
 

@@ -30,6 +30,10 @@ MODES = ("hybrid", "vector", "keyword")
 
 log = logging.getLogger(__name__)
 
+_SIDE_BROKEN = (apsw.CantOpenError, apsw.IOError, apsw.ReadOnlyError, apsw.NotADBError,
+                apsw.CorruptError, apsw.ConnectionClosedError)
+"""Errors after which the keyword channel's second connection is given up for good."""
+
 
 def rrf_fuse(
     rankings: Mapping[str, Sequence[int]], weights: Mapping[str, float], k: int = 60
@@ -268,9 +272,10 @@ class Retriever:
         pending: Future[list[tuple[int, float]]] | None = None
 
         def keyword_search(kb: KnowledgeBase) -> list[tuple[int, float]]:
-            return kb.keyword_search(asked, depth, collection,  # folds the query
-                                     max_share=self.settings.keyword_max_share,
-                                     bound_from=self.settings.prefilter_from)
+            return kb.keyword_search(  # folds the query
+                asked, depth, collection, bound_from=self.settings.prefilter_from,
+                # under a path prefix a word common elsewhere may be rare: search them all
+                max_share=None if path_prefix else self.settings.keyword_max_share)
 
         side = (self._keyword_side()
                 if mode == "hybrid" and self.settings.concurrent_channels else None)
@@ -293,9 +298,10 @@ class Retriever:
         if pending is not None:
             try:
                 keyword = pending.result()
-            except apsw.Error as exc:  # e.g. the second connection cannot read a WAL file
-                log.debug("keyword channel moves to the main connection: %s", exc)
-                self._close_side()
+            except apsw.Error as exc:  # this query runs again on the main connection
+                if isinstance(exc, _SIDE_BROKEN):  # e.g. it cannot read the WAL files
+                    log.debug("keyword channel moves to the main connection: %s", exc)
+                    self._close_side()
                 pending = None
         if pending is None and mode in ("hybrid", "keyword"):
             keyword = keyword_search(self.kb)

@@ -501,7 +501,7 @@ class KnowledgeBase:
             return []
         blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
         k = max(1, min(int(k), 4096))
-        size = int(_one(self.conn, "SELECT coalesce(max(id), 0) FROM chunks"))
+        size = self.chunk_count()
         if size > prefilter_from:
             depth = min(4096, k * max(1, oversample))
             ids = [cid for cid, _ in self._knn("chunks_bin", "vec_quantize_binary(?)", blob,
@@ -509,6 +509,10 @@ class KnowledgeBase:
             scored = self.similarities(vector, ids)
             return sorted(scored.items(), key=lambda item: item[1], reverse=True)[:k]
         return [(cid, 1.0 - d) for cid, d in self._knn("chunks_vec", "?", blob, k, collection)]
+
+    def chunk_count(self) -> int:
+        """Chunks in the knowledge base (microseconds: SQLite counts a small index)."""
+        return int(_one(self.conn, "SELECT count(*) FROM chunks"))
 
     def _knn(
         self, table: str, probe: str, blob: bytes, k: int, collection: str | None
@@ -566,11 +570,12 @@ class KnowledgeBase:
         also searches ``chunks_cjk`` with its character pairs; a chunk found by both
         indexes keeps the better relevance.
 
-        Above ``bound_from`` chunks, ``max_share`` leaves out the query's words found in
-        more of the chunks than that share (all are kept when every word is that common):
-        bm25 weighs such a word little but scores each of its rows, so on a large knowledge
-        base they take most of the time. Whether a word is that common is found by reading
-        at most that many of its rows.
+        Above ``bound_from`` chunks, and only without a ``collection``, ``max_share``
+        leaves out the query's words found in more of the chunks than that share (all are
+        kept when no found word is rarer): bm25 weighs such a word little but scores each
+        of its rows, so on a large knowledge base they take most of the time. Whether a
+        word is that common is found by reading at most that many of its rows. (Within a
+        collection a word common elsewhere may be rare, so there every word is searched.)
 
         The query is matched in :func:`~appliance.types.fold_text` form, as documents are
         stored; when that differs from the text as given, the text as given is matched too,
@@ -581,7 +586,7 @@ class KnowledgeBase:
         best: dict[int, float] = {}
         for form in forms:
             words = fts_words(form)
-            if max_share is not None and max_share < 1.0:
+            if max_share is not None and max_share < 1.0 and collection is None:
                 words = self._uncommon(words, max_share, bound_from)
             found = self._match("chunks_fts", _or_query(words), k, collection)
             pairs = query_terms(form)
@@ -594,21 +599,17 @@ class KnowledgeBase:
 
     def _uncommon(self, words: list[str], max_share: float, bound_from: int) -> list[str]:
         """``words`` without those in more than ``max_share`` of the chunks, when there
-        are more than ``bound_from`` chunks (all of them when none is rarer)."""
-        size = int(_one(self.conn, "SELECT coalesce(max(id), 0) FROM chunks"))
+        are more than ``bound_from`` chunks. All of them when no word is found and rarer:
+        a misspelt word alone must not stand for the query."""
+        size = self.chunk_count()
         cap = int(max_share * size) + 1
         if not words or size <= bound_from or cap > size:
             return words
         sql = ("SELECT count(*) FROM (SELECT 1 FROM chunks_fts WHERE chunks_fts MATCH ? "
                "LIMIT ?)")
-
-        def rare(word: str) -> bool:
-            try:
-                return int(_one(self.conn, sql, (_quoted(word), cap))) < cap
-            except apsw.SQLError:  # a word the tokenizer makes nothing of: keep it as is
-                return True
-
-        return [w for w in words if rare(w)] or words
+        found = {w: int(_one(self.conn, sql, (_quoted(w), cap))) for w in words}
+        rare = [w for w in words if 0 < found[w] < cap]
+        return rare or words
 
     def _match(
         self, table: str, query: str | None, k: int, collection: str | None
