@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,7 +49,48 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the question both before and after the sources, so the reader meets the sources
     # knowing what it looks for (a decoder reads left to right)
     "sandwich": {"question_first": True},
+    # copy-biased decoding: every token of the sources gets this logit bonus at every step,
+    # so a small reader quotes ("9th century") rather than misremembers ("19th century")
+    "copy": {"copy_bias": 2.0},
 }
+
+
+@contextlib.contextmanager
+def _copy_bias(bias: float) -> Iterator[None]:
+    """Generate with ``bias`` added to the logits of every token found in the sources."""
+    import llama_cpp
+    import numpy as np
+
+    from appliance.generate.llama import LlamaGenerator
+
+    plain_stream = LlamaGenerator.stream
+    plain_processor = LlamaGenerator._first_token_processor
+
+    def stream(self: Any, messages: list[dict[str, str]], *args: Any, **kwargs: Any) -> Any:
+        bodies = "\n".join(re.findall(r"<source [^>]*>\n(.*?)\n</source>",
+                                      messages[-1]["content"], flags=re.DOTALL))
+        ids = self.llm.tokenize(bodies.encode("utf-8"), add_bos=False, special=False)
+        self._copy_ids = np.array(sorted(set(ids)), dtype=np.int64)
+        return plain_stream(self, messages, *args, **kwargs)
+
+    def processor(self: Any, first: Any, prompt_len: int) -> Any:
+        inner = plain_processor(self, first, prompt_len)
+        ids = getattr(self, "_copy_ids", None)
+
+        def process(input_ids: Any, scores: Any) -> Any:
+            if ids is not None and len(ids):
+                scores[ids] += bias
+            return inner[0](input_ids, scores) if inner else scores
+
+        return llama_cpp.LogitsProcessorList([process])
+
+    LlamaGenerator.stream = stream  # type: ignore[method-assign]
+    LlamaGenerator._first_token_processor = processor  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        LlamaGenerator.stream = plain_stream  # type: ignore[method-assign]
+        LlamaGenerator._first_token_processor = plain_processor  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
@@ -137,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
                 done[rec["id"]] = rec
         with journal.open("a", encoding="utf-8") as fh, (
             _question_first() if variant.get("question_first") else contextlib.nullcontext()
+        ), (
+            _copy_bias(variant["copy_bias"]) if variant.get("copy_bias")
+            else contextlib.nullcontext()
         ):
             for i, item in enumerate(eval_set.items, 1):
                 if item.id in done:
