@@ -52,12 +52,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # copy-biased decoding: every token of the sources gets this logit bonus at every step,
     # so a small reader quotes ("9th century") rather than misremembers ("19th century")
     "copy": {"copy_bias": 2.0},
+    # a bonus for ending the answer after its first token (shorter answers)
+    "stop": {"stop_bias": 2.0},
+    "copystop": {"copy_bias": 2.0, "stop_bias": 2.0},
 }
 
 
 @contextlib.contextmanager
-def _copy_bias(bias: float) -> Iterator[None]:
-    """Generate with ``bias`` added to the logits of every token found in the sources."""
+def _biased(bias: float, stop: float = 0.0) -> Iterator[None]:
+    """Generate with ``bias`` added to the logits of every token found in the sources, and
+    ``stop`` to the end-of-turn tokens' after the first generated token."""
     import llama_cpp
     import numpy as np
 
@@ -76,10 +80,14 @@ def _copy_bias(bias: float) -> Iterator[None]:
     def processor(self: Any, first: Any, prompt_len: int) -> Any:
         inner = plain_processor(self, first, prompt_len)
         ids = getattr(self, "_copy_ids", None)
+        ends = sorted({self.llm.token_eos(),
+                       *self.llm.tokenize(b"<|im_end|>", add_bos=False, special=True)})
 
         def process(input_ids: Any, scores: Any) -> Any:
-            if ids is not None and len(ids):
+            if bias and ids is not None and len(ids):
                 scores[ids] += bias
+            if stop and len(input_ids) > prompt_len:
+                scores[ends] += stop
             return inner[0](input_ids, scores) if inner else scores
 
         return llama_cpp.LogitsProcessorList([process])
@@ -180,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         with journal.open("a", encoding="utf-8") as fh, (
             _question_first() if variant.get("question_first") else contextlib.nullcontext()
         ), (
-            _copy_bias(variant["copy_bias"]) if variant.get("copy_bias")
-            else contextlib.nullcontext()
+            _biased(variant.get("copy_bias", 0.0), variant.get("stop_bias", 0.0))
+            if variant.get("copy_bias") or variant.get("stop_bias") else contextlib.nullcontext()
         ):
             for i, item in enumerate(eval_set.items, 1):
                 if item.id in done:
