@@ -172,6 +172,10 @@ class Retriever:
 
     ``load_reranker`` is called each time a search reranks (it owns caching: ``Appliance.
     reranker`` loads its model once), so a retriever that never reranks loads nothing.
+
+    With ``concurrent_channels`` set, hybrid searches run the keyword channel on a second,
+    read-only connection in a thread of its own, opened on first use; :meth:`close` closes
+    it with the knowledge base. Searches may come from several threads at once.
     """
 
     def __init__(
