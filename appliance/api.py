@@ -18,14 +18,13 @@ import apsw
 from appliance.config import Settings, load_settings
 from appliance.embed import OnnxEmbedder, load_embedder
 from appliance.errors import InputError
-from appliance.files import unpaired_surrogate
 from appliance.ingest.chunking import Chunker, embed_text
 from appliance.ingest.runner import ProgressFn, discover
 from appliance.ingest.runner import ingest as run_ingest
 from appliance.models import Registry
 from appliance.retrieve import QuestionLikelihoodReranker, Reranker, Retriever, SearchResult
 from appliance.store import KnowledgeBase, list_kbs, open_kb, remove_kb
-from appliance.types import CONTROL_CHARS, IngestReport
+from appliance.types import UNSHOWABLE, IngestReport
 
 __all__ = ["Appliance"]
 
@@ -89,7 +88,7 @@ class Appliance:
         for path in paths:
             if not os.path.lexists(path):
                 raise InputError(f"{path} does not exist; check the path.")
-        if CONTROL_CHARS.search(collection) or unpaired_surrogate(collection) is not None:
+        if UNSHOWABLE.search(collection):
             raise InputError(f"{collection!r} is not a usable collection name: give one in "
                              "UTF-8 without control characters.")
         self._retrievers.pop(kb, None)

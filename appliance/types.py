@@ -292,17 +292,16 @@ UNSHOWABLE = re.compile(f"{CONTROL_CHARS.pattern}|[\ud800-\udfff]")
 """:data:`CONTROL_CHARS` and unpaired surrogates (a byte of a file name that is not UTF-8):
 what no UTF-8 terminal may be sent."""
 
-_INVISIBLE = re.compile("[\u200b-\u200d\u2060\ufeff\u00ad]")
+SOFT_HYPHEN = "\u00ad"
+"""An invisible hyphenation hint inside a word (HTML ``&shy;``, hyphenated PDFs)."""
+
+_INVISIBLE = re.compile(f"[\u200b-\u200d\u2060\ufeff{SOFT_HYPHEN}]")
 
 
 def is_blank(text: str) -> bool:
     """Whether ``text`` shows nothing: blanks, control characters and characters that
     print as nothing (zero-width spaces and joiners, word joiner, BOM, soft hyphen)."""
     return not _INVISIBLE.sub("", strip_controls(text)).strip()
-
-
-SOFT_HYPHEN = "\u00ad"
-"""An invisible hyphenation hint inside a word (HTML ``&shy;``, hyphenated PDFs)."""
 
 
 def fold_text(text: str) -> str:

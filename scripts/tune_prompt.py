@@ -58,6 +58,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def _end_tokens(generator: Any) -> list[int]:
+    """The ids that end a turn in ``generator``'s vocabulary (found once, then kept)."""
+    import llama_cpp
+
+    if not hasattr(generator, "_end_ids"):
+        vocab = generator.llm._model.vocab
+        generator._end_ids = [t for t in range(generator.llm.n_vocab())
+                              if llama_cpp.llama_vocab_is_eog(vocab, t)]
+    return list(generator._end_ids)
+
+
 @contextlib.contextmanager
 def _biased(bias: float, stop: float = 0.0) -> Iterator[None]:
     """Generate with ``bias`` added to the logits of every token found in the sources, and
@@ -80,8 +91,7 @@ def _biased(bias: float, stop: float = 0.0) -> Iterator[None]:
     def processor(self: Any, first: Any, prompt_len: int) -> Any:
         inner = plain_processor(self, first, prompt_len)
         ids = getattr(self, "_copy_ids", None)
-        ends = sorted({self.llm.token_eos(),
-                       *self.llm.tokenize(b"<|im_end|>", add_bos=False, special=True)})
+        ends = _end_tokens(self)
 
         def process(input_ids: Any, scores: Any) -> Any:
             if bias and ids is not None and len(ids):
@@ -185,12 +195,13 @@ def main(argv: list[str] | None = None) -> int:
             for line in journal.read_text(encoding="utf-8").splitlines():
                 rec = json.loads(line)
                 done[rec["id"]] = rec
-        with journal.open("a", encoding="utf-8") as fh, (
-            _question_first() if variant.get("question_first") else contextlib.nullcontext()
-        ), (
-            _biased(variant.get("copy_bias", 0.0), variant.get("stop_bias", 0.0))
-            if variant.get("copy_bias") or variant.get("stop_bias") else contextlib.nullcontext()
-        ):
+        with contextlib.ExitStack() as stack:
+            fh = stack.enter_context(journal.open("a", encoding="utf-8"))
+            if variant.get("question_first"):
+                stack.enter_context(_question_first())
+            if variant.get("copy_bias") or variant.get("stop_bias"):
+                stack.enter_context(_biased(variant.get("copy_bias", 0.0),
+                                            variant.get("stop_bias", 0.0)))
             for i, item in enumerate(eval_set.items, 1):
                 if item.id in done:
                     continue

@@ -5,12 +5,17 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
+
+if TYPE_CHECKING:
+    from appliance.store import KnowledgeBase
 
 _WORD = re.compile(r"\w+")
 
@@ -89,3 +94,22 @@ class FakeGenerator:
         text = self.reply(messages) if callable(self.reply) else self.reply
         for word in text.split(" ")[:max_tokens]:
             yield word + " "
+
+
+def make_kb(path: Path, texts: Mapping[str, str], emb: HashEmbedder | None = None,
+            collections: Mapping[str, str] | None = None) -> KnowledgeBase:
+    """A new knowledge base at ``path`` holding one single-chunk document per (path, text),
+    embedded by ``emb`` (a new :class:`HashEmbedder` by default), in collection
+    ``collections[path]`` (default ``"default"``), titled and headed by its path."""
+    from appliance.store import KnowledgeBase
+    from appliance.types import Chunk
+
+    emb = emb or HashEmbedder()
+    kb = KnowledgeBase(path, create=True)
+    kb.bind_embedder(emb)
+    for doc, text in texts.items():
+        chunk = Chunk(0, text, (doc,), None, 0, len(text), len(text.split()))
+        kb.replace_document(path=doc, sha256=doc, size=1, mtime=1, title=doc, kind="text",
+                            collection=(collections or {}).get(doc, "default"),
+                            chunks=[chunk], vectors=emb.embed([text]))
+    return kb

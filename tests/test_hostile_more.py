@@ -4,6 +4,7 @@ batch outputs, odd names and settings. Fast: fakes only, no model is loaded."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -30,23 +31,11 @@ from appliance.pipeline import Pipeline, answer
 from appliance.retrieve import Retriever
 from appliance.retrieve.hybrid import MAX_QUERY_CHARS
 from appliance.store import KnowledgeBase
-from appliance.types import Chunk
 from tests.conftest import run_main
-from tests.fakes import FakeGenerator, HashEmbedder, word_tokenizer
+from tests.fakes import FakeGenerator, HashEmbedder, make_kb, word_tokenizer
 
 ESC_PATH = "/docs/evil\x1b[31mred\x1b]0;PWNED\x07\x9b2J\u202eeiv.md"
 BAD_BYTE = os.fsdecode(b"n\xffame.md")  # a file name that is not UTF-8: '\udcff' inside
-
-
-def _kb(path: Path, texts: dict[str, str]) -> KnowledgeBase:
-    emb = HashEmbedder()
-    kb = KnowledgeBase(path, create=True)
-    kb.bind_embedder(emb)
-    for doc, text in texts.items():
-        chunk = Chunk(0, text, ("Doc",), None, 0, len(text), len(text.split()))
-        kb.replace_document(path=doc, sha256=doc, size=1, mtime=1, title="Doc", kind="text",
-                            collection="default", chunks=[chunk], vectors=emb.embed([text]))
-    return kb
 
 
 # -- the terminal --------------------------------------------------------------------------------
@@ -180,7 +169,7 @@ def test_soft_hyphens_and_decomposed_text_are_stored_as_typed(tmp_path: Path) ->
 
 
 def test_keyword_search_matches_soft_hyphens_and_decomposed_queries(tmp_path: Path) -> None:
-    with _kb(tmp_path / "k.sqlite", {"/de.txt": "Die Kühlmittelpumpe läuft leise.",
+    with make_kb(tmp_path / "k.sqlite", {"/de.txt": "Die Kühlmittelpumpe läuft leise.",
                                      "/ko.txt": "서울은 한국의 수도입니다."}) as kb:
         decomposed = unicodedata.normalize("NFD", "Kühlmittelpumpe")
         for query in ("Kühl\u00admittel\u00adpumpe", decomposed):
@@ -195,7 +184,7 @@ def test_text_stored_before_folding_is_still_found_as_it_was(tmp_path: Path) -> 
     """A knowledge base written before documents were folded keeps its text (an unchanged
     file is not read again): a query copied from that text must still match it."""
     raw = "Die Kühl\u00admittel\u00adpumpe läuft leise."
-    with _kb(tmp_path / "k.sqlite", {"/de.txt": raw}) as kb:  # stored as given, not folded
+    with make_kb(tmp_path / "k.sqlite", {"/de.txt": raw}) as kb:  # stored as given, not folded
         assert [cid for cid, _ in kb.keyword_search("Kühl\u00admittel\u00adpumpe", 3)] == [1]
         assert kb.keyword_search("Kühlmittelpumpe", 3) == []  # re-ingest the changed file
 
@@ -205,8 +194,8 @@ def test_text_stored_before_folding_is_still_found_as_it_was(tmp_path: Path) -> 
 
 def test_a_query_that_is_not_utf8_or_too_long_is_refused_before_any_work(tmp_path: Path) -> None:
     emb = HashEmbedder()
-    with _kb(tmp_path / "k.sqlite", {"/a.txt": "pump maintenance"}) as kb:
-        retriever = Retriever(kb, emb, RetrieveSettings.model_validate({}))
+    kb = make_kb(tmp_path / "k.sqlite", {"/a.txt": "pump maintenance"})  # emb counts queries only
+    with contextlib.closing(Retriever(kb, emb, RetrieveSettings())) as retriever:
         for mode in ("hybrid", "vector", "keyword"):
             with pytest.raises(InputError, match="not UTF-8"):
                 retriever.search("pump\udcff", mode=mode)
@@ -309,7 +298,6 @@ def test_tui_printable_shows_a_byte_that_is_not_utf8_as_a_replacement_character(
     from appliance.tui.sources import printable
 
     assert printable("n" + BAD_BYTE) == "nn\ufffdame.md"
-    printable("n" + BAD_BYTE).encode("utf-8")  # a UTF-8 terminal can show it
 
 
 def test_a_path_prefix_is_a_folder_not_the_start_of_a_name(tmp_path: Path) -> None:
@@ -317,8 +305,8 @@ def test_a_path_prefix_is_a_folder_not_the_start_of_a_name(tmp_path: Path) -> No
     emb = HashEmbedder()
     texts = {"/docs/a.txt": "pump maintenance schedule", "/docs2/b.txt": "pump maintenance log",
              "/docs": "pump maintenance notes"}
-    with _kb(tmp_path / "k.sqlite", texts) as kb:
-        retriever = Retriever(kb, emb, RetrieveSettings.model_validate({}))
+    kb = make_kb(tmp_path / "k.sqlite", texts, emb)
+    with contextlib.closing(Retriever(kb, emb, RetrieveSettings())) as retriever:
         for prefix in ("/docs", "/docs/"):
             paths = {h.path for h in retriever.search("pump maintenance", k=5,
                                                       path_prefix=prefix).hits}
@@ -330,8 +318,8 @@ def test_a_path_prefix_is_a_folder_not_the_start_of_a_name(tmp_path: Path) -> No
 @pytest.mark.parametrize("query", ["\u200b", "\u200b\u200d \ufeff", "\u00ad\u2060"])
 def test_a_query_of_invisible_characters_is_empty(tmp_path: Path, query: str) -> None:
     emb = HashEmbedder()
-    with _kb(tmp_path / "k.sqlite", {"/a.txt": "pump maintenance"}) as kb:
-        retriever = Retriever(kb, emb, RetrieveSettings.model_validate({}))
+    kb = make_kb(tmp_path / "k.sqlite", {"/a.txt": "pump maintenance"})  # emb counts queries only
+    with contextlib.closing(Retriever(kb, emb, RetrieveSettings())) as retriever:
         with pytest.raises(InputError, match="empty"):
             retriever.search(query)
         assert emb.calls == 0

@@ -580,8 +580,10 @@ def test_interrupt_stops_prompt_evaluation_and_keeps_the_cache_sound(tmp_path: P
 def test_an_interrupt_as_a_call_ends_leaves_nothing_set(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """interrupt() from another thread while a call is ending (here: inside its cleanup)
-    either stops the call or finds none; it never leaves the abort flag set or llama.cpp's
-    log silenced for the calls after."""
+    finds no call; it never leaves the abort flag set or llama.cpp's log silenced for the
+    calls after (before the fix it did: it saw the call's lock still held). This pins the
+    cleanup's order; the lock that orders interrupt()'s check against its setting of the
+    flag closes a window too narrow to hit on purpose."""
     import threading
 
     from llama_cpp._logger import logger

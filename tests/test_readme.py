@@ -16,7 +16,7 @@ import json
 import re
 import shlex
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from appliance.cli import cli
 from appliance.config import IngestSettings, Settings, data_dir, load_settings
+from tests.fakes import FakeGenerator
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -552,27 +553,14 @@ def test_search_json_fields() -> None:
     assert extra == {"rerank"} and "`--rerank`, `scores` also holds `rerank`" in README
 
 
-class _Blue:
-    """A generator that always answers "Blue." (no model: the record's shape is the point)."""
-
-    id = "blue"
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def stream(self, messages: list[dict[str, str]], max_tokens: int,
-               first_token_bias: Mapping[str, float] | None = None) -> Iterator[str]:
-        yield "Blue."
-
-
 def test_answer_record_fields() -> None:
     from appliance.pipeline import answer
     from appliance.types import Citation
 
     text = bullet("Answer record")
     named = set(inline_spans(text))
-    record = answer("What colour is the sky?", generator=_Blue(), settings=load_settings(),
-                    mode="base").to_json()
+    record = answer("What colour is the sky?", generator=FakeGenerator("Blue."),
+                    settings=load_settings(), mode="base").to_json()
     fields = set(record) | set(record["timings_ms"]) | set(record["tokens"]) \
         | {f.name for f in dataclasses.fields(Citation)}
     missing = sorted(fields - named)
@@ -639,6 +627,12 @@ def test_eval_set_fields_and_report_files(tmp_path: Path) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     data = load_eval_set(path)
     assert not data.bad_rows and [i.id for i in data.items] == ["a", "b"]
+    # each named field is read (an unknown key is ignored, so a renamed one would load too)
+    first = data.items[0]
+    assert (first.question, first.answers, first.answerable, first.gold_sources,
+            first.format) == ("Which exception?", ["AssertionError"], True, ["assert.rst"],
+                              "^[A-Z]")
+    assert data.items[1].answerable is False
     example = REPO / "examples" / "eval" / "pydoc-eval.jsonl"
     assert f"`{example.relative_to(REPO)}`" in text
     assert not load_eval_set(example).bad_rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -13,8 +14,7 @@ from appliance.config import RetrieveSettings
 from appliance.errors import InputError, KnowledgeBaseError
 from appliance.retrieve import Retriever, proximity, rrf_fuse, score_fuse
 from appliance.store import KnowledgeBase
-from appliance.types import Chunk
-from tests.fakes import HashEmbedder
+from tests.fakes import HashEmbedder, make_kb
 
 
 def test_rrf_weights_and_order() -> None:
@@ -31,18 +31,13 @@ def test_rrf_weights_and_order() -> None:
 @pytest.fixture
 def retriever(tmp_path: Path):
     emb = HashEmbedder()
-    kb = KnowledgeBase(tmp_path / "r.sqlite", create=True)
-    kb.bind_embedder(emb)
     docs = {
         "/docs/with.rst": "the with statement calls __enter__ and then __exit__ on the manager",
         "/docs/for.rst": "the for statement iterates over the items of a sequence",
         "/other/while.rst": "the while statement repeats while a condition is true",
     }
-    for path, text in docs.items():
-        chunk = Chunk(0, text, (path,), None, 0, len(text), 10)
-        kb.replace_document(path=path, sha256=path, size=1, mtime=1, title=path, kind="rst",
-                            collection="other" if "other" in path else "docs", chunks=[chunk],
-                            vectors=emb.embed([text]))
+    kb = make_kb(tmp_path / "r.sqlite", docs, emb,
+                 {p: "other" if "other" in p else "docs" for p in docs})
     retriever = Retriever(kb, emb, RetrieveSettings())
     yield retriever
     retriever.close()
@@ -119,18 +114,13 @@ def test_score_fusion_adds_proximity() -> None:
 
 def test_proximity_setting_prefers_words_said_together(tmp_path: Path) -> None:
     emb = HashEmbedder()
-    kb = KnowledgeBase(tmp_path / "p.sqlite", create=True)
-    kb.bind_embedder(emb)
     docs = {  # the same words, so the same cosine and nearly the same bm25
         "/apart.txt": "prices rose in the winter while the embargo hit oil supplies",
         "/together.txt": "oil prices rose in the winter while the embargo hit supplies",
     }
-    for path, text in docs.items():
-        chunk = Chunk(0, text, (path,), None, 0, len(text), 10)
-        kb.replace_document(path=path, sha256=path, size=1, mtime=1, title=path, kind="text",
-                            collection="docs", chunks=[chunk], vectors=emb.embed([text]))
-    try:
-        retriever = Retriever(kb, emb, RetrieveSettings(proximity_weight=1.0))
+    kb = make_kb(tmp_path / "p.sqlite", docs, emb)
+    with contextlib.closing(Retriever(kb, emb, RetrieveSettings(proximity_weight=1.0))) \
+            as retriever:
         hits = retriever.search("Why did oil prices rise?", k=2).hits
         assert [h.path for h in hits] == ["/together.txt", "/apart.txt"]
         assert hits[0].score > hits[1].score
@@ -140,8 +130,6 @@ def test_proximity_setting_prefers_words_said_together(tmp_path: Path) -> None:
         retriever.settings = RetrieveSettings(proximity_weight=0.0)
         off = retriever.search("Why did oil prices rise?", k=2).hits
         assert off[0].score == pytest.approx(off[1].score, abs=0.05)
-    finally:
-        kb.close()
 
 
 def _keyword_threads() -> int:
@@ -150,14 +138,9 @@ def _keyword_threads() -> int:
 
 def test_concurrent_channels_give_the_same_hits_and_close(tmp_path: Path) -> None:
     emb = HashEmbedder()
-    kb = KnowledgeBase(tmp_path / "c.sqlite", create=True)
-    kb.bind_embedder(emb)
-    for i in range(12):
-        text = f"document {i} about statement number {i % 4} and the loop of {i % 3}"
-        chunk = Chunk(0, text, (f"/d{i}",), None, 0, len(text), 10)
-        kb.replace_document(path=f"/d{i}.txt", sha256=str(i), size=1, mtime=1, title="t",
-                            kind="text", collection="docs", chunks=[chunk],
-                            vectors=emb.embed([text]))
+    kb = make_kb(tmp_path / "c.sqlite", {
+        f"/d{i}.txt": f"document {i} about statement number {i % 4} and the loop of {i % 3}"
+        for i in range(12)}, emb)
     before = _keyword_threads()
     together = Retriever(kb, emb, RetrieveSettings(concurrent_channels=True))
     in_turn = Retriever(kb, emb, RetrieveSettings(concurrent_channels=False))

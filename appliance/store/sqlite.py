@@ -591,8 +591,7 @@ class KnowledgeBase:
             found = self._match("chunks_fts", _or_query(words), k, collection)
             pairs = query_terms(form)
             if pairs and self._has_table("chunks_cjk"):
-                query = " OR ".join('"' + t.replace('"', '""') + '"' for t in pairs)
-                found += self._match("chunks_cjk", query, k, collection)
+                found += self._match("chunks_cjk", _or_query(pairs), k, collection)
             for chunk_id, score in found:
                 best[chunk_id] = max(score, best.get(chunk_id, score))
         return sorted(best.items(), key=lambda item: -item[1])[:k]
