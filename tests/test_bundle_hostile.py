@@ -25,7 +25,7 @@ from appliance.bundle import install as install_mod
 from appliance.bundle import verify
 from appliance.bundle.errors import BundleError
 from appliance.bundle.verify import VerifyError, verify_bundle
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, unwrapped
 
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 OLD = "20240101-000000-1"
@@ -49,9 +49,8 @@ def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
 def _one_sentence(proc: subprocess.CompletedProcess[str]) -> str:
     assert proc.returncode not in (0, 70), (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert lines, proc.stdout
-    return " ".join(lines)
+    assert proc.stderr.strip(), proc.stdout
+    return unwrapped(proc.stderr)  # where the console wraps depends on the path's length
 
 
 def _tree(root: Path) -> dict[str, str]:
