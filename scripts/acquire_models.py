@@ -299,7 +299,12 @@ def build_onnx_export(group: list[dict[str, Any]], pkgs: Packages, acquire: dict
 
 
 def place(cached: Path, target: Path) -> str:
+    """Hard-link (else copy) CACHED to TARGET atomically; 'ok' when it already is that file
+    (renaming a hard link over another of the same file does nothing, so the temporary
+    link would stay behind)."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and os.path.samefile(cached, target):
+        return "ok"
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)
     try:

@@ -94,3 +94,23 @@ def test_a_broken_lineage_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="Cannot read"):
         find_adapters(tmp_path)
     assert find_adapters(tmp_path / "nowhere") == []
+
+
+def test_placing_a_built_model_twice_leaves_no_temporary_link(tmp_path: Path) -> None:
+    """Setup places the cached build into models/ on every run; a second placement of the
+    same file used to rename a hard link over its twin, which POSIX makes a no-op, so
+    '.<name>.<pid>.tmp' stayed in models/ each time."""
+    from appliance.train.packaged import _place
+
+    cache, models = tmp_path / "cache", tmp_path / "models"
+    cache.mkdir()
+    models.mkdir()
+    (cache / "tuned.gguf").write_bytes(b"tuned-gguf")
+    for _ in range(2):
+        _place(cache / "tuned.gguf", models / "tuned.gguf")
+    assert sorted(p.name for p in models.iterdir()) == ["tuned.gguf"]
+    (cache / "tuned.gguf").unlink()  # a rebuilt cache entry is a new file: placed again
+    (cache / "tuned.gguf").write_bytes(b"rebuilt")
+    _place(cache / "tuned.gguf", models / "tuned.gguf")
+    assert (models / "tuned.gguf").read_bytes() == b"rebuilt"
+    assert sorted(p.name for p in models.iterdir()) == ["tuned.gguf"]

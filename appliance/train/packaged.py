@@ -164,7 +164,14 @@ def build_adapter(adapter: PackagedAdapter, settings: Settings, registry: Regist
 
 
 def _place(src: Path, dest: Path) -> None:
-    """Hard-link (else copy) ``src`` to ``dest`` atomically."""
+    """Hard-link (else copy) ``src`` to ``dest`` atomically.
+
+    A ``dest`` that already is ``src`` is left alone: renaming one hard link over another
+    of the same file does nothing and succeeds (POSIX rename), which left the temporary
+    link behind in models/ on every later build.
+    """
+    if dest.exists() and os.path.samefile(src, dest):
+        return
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     try:
