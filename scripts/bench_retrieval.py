@@ -69,6 +69,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import calibrate_margin  # noqa: E402
+
 from appliance.api import Appliance  # noqa: E402
 from appliance.config import Settings, load_settings  # noqa: E402
 from appliance.demo import write_pydoc_corpus  # noqa: E402
@@ -99,7 +101,6 @@ BASELINES: dict[str, dict[str, Any]] = {  # hybrid with one setting changed, for
     EVERY_WORD: {"keyword_max_share": 1.0},
 }
 SCALED_QUALITY_QUESTIONS = 300
-DEFAULT_SQUAD = REPO.parent / "shared" / "data" / "squad2-dev-a" / "squad2-dev-a.json"
 SECTIONS = ("ingest", "latency", "quality")
 
 TARGET_RERUN_RATIO = 0.10
@@ -924,7 +925,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--squad",
         type=Path,
-        default=DEFAULT_SQUAD,
+        default=calibrate_margin.DEFAULT_SQUAD,
         help="SQuAD 2.0 JSON file (default: %(default)s)",
     )
     p.add_argument(

@@ -37,12 +37,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import calibrate_margin
 from rich.console import Console
 from rich.table import Table
 
 from appliance.train.config import PRECISIONS, QUANT_TYPES
-
-DEFAULT_SQUAD = Path("/work/shared/data/squad2-dev-a/squad2-dev-a.json")
 
 
 class PeakMemory:
@@ -174,7 +173,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default=None, help="base model id [default answer model]")
     parser.add_argument("--data", type=Path, default=None, help="chat JSONL to train on")
-    parser.add_argument("--squad", type=Path, default=DEFAULT_SQUAD)
+    parser.add_argument("--squad", type=Path, default=calibrate_margin.DEFAULT_SQUAD)
     parser.add_argument("--examples", type=int, default=8,
                         help="grounded examples built when --data is not given")
     parser.add_argument("--val-examples", type=int, default=2)

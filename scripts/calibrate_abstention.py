@@ -35,6 +35,8 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import calibrate_margin  # noqa: E402
+
 from appliance.api import Appliance  # noqa: E402
 from appliance.config import load_settings  # noqa: E402
 from appliance.evaluate.squad import (  # noqa: E402
@@ -44,7 +46,6 @@ from appliance.evaluate.squad import (  # noqa: E402
     write_corpus,
 )
 
-DATA = Path("/work/shared/data/squad2-dev-a/squad2-dev-a.json")
 GENERAL = [
     "What is the capital of Australia?",
     "How do I bake sourdough bread?",
@@ -101,7 +102,7 @@ def quantiles(values: list[float]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--data", type=Path, default=calibrate_margin.DEFAULT_SQUAD)
     ap.add_argument("--home", type=Path, default=None,
                     help="data directory to ingest into (default: a temporary one)")
     ap.add_argument("--k", type=int, default=3, help="hits retrieved (as the pipeline does)")

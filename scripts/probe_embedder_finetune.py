@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 sys.path.insert(0, str(REPO / "scripts"))
 
+import calibrate_margin  # noqa: E402
 from acquire_models import MANIFEST, Packages  # noqa: E402
 
 from appliance.evaluate.squad import Article, answer_in_text, load_squad, split_articles  # noqa: E402
@@ -93,8 +94,7 @@ def hit_rates(model: Any, tok: Any, articles: list[Article]) -> tuple[float, flo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--split", choices=["devval", "test"], default="devval")
-    ap.add_argument("--squad", type=Path,
-                    default=Path("/work/shared/data/squad2-dev-a/squad2-dev-a.json"))
+    ap.add_argument("--squad", type=Path, default=calibrate_margin.DEFAULT_SQUAD)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--batch", type=int, default=32)

@@ -25,8 +25,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import calibrate_margin
+
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_SQUAD = Path("/work/shared/data/squad2-dev-a/squad2-dev-a.json")
 
 VARIANTS: dict[str, dict[str, Any]] = {
     # reminder: the instruction repeated after the question ("" = the product's
@@ -145,7 +146,7 @@ class _Reversed:
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen variants and print the comparison table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--squad", type=Path, default=DEFAULT_SQUAD)
+    parser.add_argument("--squad", type=Path, default=calibrate_margin.DEFAULT_SQUAD)
     parser.add_argument("--articles", default="dev", help="dev (default), test or titles")
     parser.add_argument("--kb", default="squad-dev")
     parser.add_argument("--limit", type=int, default=60)

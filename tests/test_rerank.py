@@ -12,10 +12,9 @@ from appliance.api import Appliance
 from appliance.config import RetrieveSettings, load_settings
 from appliance.errors import InputError
 from appliance.retrieve import QuestionLikelihoodReranker, Reranker, Retriever, rerank_hits
-from appliance.store import KnowledgeBase
-from appliance.types import Chunk, Hit
+from appliance.types import Hit
 from tests.conftest import _require_models, run_cli
-from tests.fakes import HashEmbedder
+from tests.fakes import HashEmbedder, make_kb
 
 
 class KeywordReranker(Reranker):
@@ -59,15 +58,10 @@ def test_rerank_hits_adds_weighted_scores_and_keeps_channel_evidence() -> None:
 @pytest.fixture
 def kb(tmp_path: Path):
     emb = HashEmbedder()
-    store = KnowledgeBase(tmp_path / "r.sqlite", create=True)
-    store.bind_embedder(emb)
     docs = {f"/docs/{i}.txt": f"the statement number {i} repeats the statement words"
             for i in range(6)}
     docs["/docs/target.txt"] = "a statement about zebras"
-    for path, text in docs.items():
-        chunk = Chunk(0, text, (path,), None, 0, len(text), 10)
-        store.replace_document(path=path, sha256=path, size=1, mtime=1, title=path, kind="txt",
-                               collection="docs", chunks=[chunk], vectors=emb.embed([text]))
+    store = make_kb(tmp_path / "r.sqlite", docs, emb, dict.fromkeys(docs, "docs"))
     yield store, emb
     store.close()
 

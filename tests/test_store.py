@@ -14,7 +14,7 @@ from appliance.errors import EmbedderMismatchError, KnowledgeBaseNotFoundError, 
 from appliance.store import KnowledgeBase, fts_query, query_words
 from appliance.store.schema import SCHEMA_VERSION
 from appliance.types import Chunk
-from tests.fakes import HashEmbedder
+from tests.fakes import HashEmbedder, make_kb
 
 
 def _chunks(texts: list[str]) -> list[Chunk]:
@@ -34,8 +34,7 @@ def _add(kb: KnowledgeBase, emb: HashEmbedder, path: str, texts: list[str], sha:
 
 @pytest.fixture
 def kb(tmp_path: Path):
-    store = KnowledgeBase(tmp_path / "t.sqlite", create=True)
-    store.bind_embedder(HashEmbedder())
+    store = make_kb(tmp_path / "t.sqlite", {})
     yield store
     store.close()
 
@@ -187,8 +186,7 @@ def test_keyword_search_finds_dunder_names(kb: KnowledgeBase) -> None:
 
 def test_second_writer_waits_then_fails_cleanly(tmp_path: Path) -> None:
     path = tmp_path / "busy.sqlite"
-    first = KnowledgeBase(path, create=True)
-    first.bind_embedder(HashEmbedder())
+    first = make_kb(path, {})
     second = KnowledgeBase(path, busy_timeout_ms=200)
     released = threading.Event()
 
