@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-# The shared SQuAD 2.0 file, every dev script's default. The other scripts read it through a
-# plain `import calibrate_margin`: tests/test_readme.py credits a script with the argparse
-# options of each sibling it imports `from`, and only dev_arguments' users take those.
-DEFAULT_SQUAD = Path("/work/shared/data/squad2-dev-a/squad2-dev-a.json")
+# The shared SQuAD 2.0 file (shared/ lies beside the checkout, also in CI's clone), every
+# dev script's default. The other scripts read it through a plain `import calibrate_margin`:
+# tests/test_readme.py credits a script with the argparse options of each sibling it
+# imports `from`, and only dev_arguments' users take those.
+DEFAULT_SQUAD = REPO.parent / "shared" / "data" / "squad2-dev-a" / "squad2-dev-a.json"
 CANDIDATES = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0)
 
 
