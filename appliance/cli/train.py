@@ -1,4 +1,4 @@
-"""Fine-tuning commands: train, train-data (check, grounded), models remove and build.
+"""Fine-tuning commands: train, train-data (check, grounded), models add, remove and build.
 
 Nothing here imports torch, transformers or peft at import time; ``appliance train``
 loads them when it runs.
@@ -354,6 +354,58 @@ def _token_counter(c: AppContext, model_id: str | None) -> Any:
     return count
 
 
+# -- models add --------------------------------------------------------------------------------
+
+
+@models.command("add", short_help="Register a GGUF chat model you bring (e.g. on the stick).")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--id", "model_id", required=True,
+              help="Id to register it under: letters, digits, '.', '_', '-' (what --model takes).")
+@click.option("--description", default="", help="What the model is (default: from its header).")
+@click.option("--licence", default="", help="Its licence (default: the file's general.license).")
+@click.option("--source", default="", help="Where it came from (default: the file's path).")
+@click.option("--force", is_flag=True, help="Replace a user model registered under this id.")
+@click.option("--json", "as_json", is_flag=True, help="Print the new registry entry as JSON.")
+@pass_ctx
+def models_add(c: AppContext, file: Path, model_id: str, description: str, licence: str,
+               source: str, force: bool, as_json: bool) -> None:
+    """Register a GGUF chat model of your own, to answer with it through --model ID.
+
+    llama.cpp reads the file's header and vocabulary first (a second, even for gigabytes):
+    a file that is not GGUF, that this llama.cpp cannot read, or that has no chat template
+    (a base model) is refused and nothing is registered. The file is hard-linked into the
+    data directory's models folder (copied from another file system) and hashed; your
+    own file stays where it is. `appliance eval --model ID` measures it against the
+    others; `appliance models remove ID` takes it out again.
+
+    \b
+    Example:
+      appliance models add /media/stick/Llama-3.2-1B-Instruct-Q4_K_M.gguf --id llama-3.2-1b
+      appliance ask "What does the manual say about X?" --mode rag --model llama-3.2-1b
+    """
+    from appliance.train.register import add_model
+
+    with err.status(f"reading and hashing {lit(file)} ..."):
+        entry, info = add_model(c.app.settings, file, model_id, force=force,
+                                description=description, licence=licence, source=source)
+    if as_json:
+        out.print_json(data=entry.to_json())
+        return
+    what = ", ".join(x for x in (info.name, info.size_label, info.architecture) if x)
+    context = f"{info.context_length:,}-token context, " if info.context_length else ""
+    out.print(f"added '{entry.id}': {what}, {context}{format_bytes(entry.size or 0)}",
+              markup=False)
+    n_ctx = c.app.settings.generate.n_ctx
+    if 0 < info.context_length < n_ctx:
+        err.print(f"[yellow]note[/]: it was trained for {info.context_length:,} tokens, fewer "
+                  f"than generate.n_ctx ({n_ctx:,}); set generate.n_ctx = "
+                  f"{info.context_length} in {lit(c.app.settings.home / 'config.toml')} before "
+                  "answering with it.")
+    out.print(f'answer with it: appliance ask "..." --model {entry.id}  (to make it the '
+              f'default of base and rag: generate.model = "{entry.id}" in '
+              f"{c.app.settings.home / 'config.toml'})", markup=False)
+
+
 # -- models remove -----------------------------------------------------------------------------
 
 
@@ -364,7 +416,8 @@ def _token_counter(c: AppContext, model_id: str | None) -> Any:
               help="Keep the training run (checkpoints, adapter) in DATA_DIR/train/<id>.")
 @pass_ctx
 def models_remove(c: AppContext, model_id: str, yes: bool, keep_run: bool) -> None:
-    """Remove a model that `appliance train` registered (entry and file)."""
+    """Remove a model that `appliance train` or `appliance models add` registered (entry
+    and file; the file you added from stays where it was)."""
     import shutil
 
     from appliance.train.register import remove_model, validate_model_id
@@ -372,8 +425,8 @@ def models_remove(c: AppContext, model_id: str, yes: bool, keep_run: bool) -> No
     validate_model_id(model_id)
     entry = c.app.registry.get(model_id)
     if entry.origin != "user":
-        raise InputError(f"'{model_id}' is a packaged model; only models that `appliance "
-                         "train` registered can be removed.")
+        raise InputError(f"'{model_id}' is a packaged model; only the user's models (from "
+                         "`appliance train` or `appliance models add`) can be removed.")
     confirm(f"Remove model '{model_id}' ({entry.path})?", yes)
     remove_model(c.app.settings, model_id)
     runs = c.app.settings.home / "train"

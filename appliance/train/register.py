@@ -1,8 +1,10 @@
-"""Registering trained models in the user manifest (``<data dir>/models/manifest.toml``).
+"""Registering models in the user manifest (``<data dir>/models/manifest.toml``).
 
-An entry names the GGUF (relative to the manifest's folder), its sha256 and size, and the
-lineage: the base (id and sha256), the training data's sha256, the LoRA configuration, the
-training metrics and the parity result. Ids are unique across the packaged and the user
+Two kinds of entry: a model that ``appliance train`` made, with its lineage (the base's id
+and sha256, the training data's sha256, the LoRA configuration, the training metrics and
+the parity result), and a GGUF the user brought (:func:`add_model`, ``appliance models
+add``), with what its header says of it instead. An entry names the GGUF (relative to the
+manifest's folder), its sha256 and size. Ids are unique across the packaged and the user
 manifest; an existing user id is replaced only with ``force``, a packaged one never.
 
 The manifest is rewritten atomically (a temporary file renamed over it, after checking
@@ -27,12 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config import Settings
-from appliance.errors import ConfigError, InputError, ModelNotFoundError
+from appliance.errors import ConfigError, InputError, ModelError, ModelNotFoundError
 from appliance.files import write_atomic
+from appliance.models.gguf import GGUFInfo, probe_gguf
 from appliance.models.registry import ModelEntry, Registry, sha256_file, valid_model_id
 from appliance.train.errors import ModelExistsError
 
 __all__ = [
+    "add_model",
     "check_id_free",
     "dump_manifest",
     "register_model",
@@ -44,8 +48,9 @@ __all__ = [
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+\Z")
 
 HEADER = (
-    "# User model registry: models that `appliance train` registered. Written by the\n"
-    "# appliance (comments are not kept); `appliance models list --json` shows it.\n"
+    "# User model registry: models that `appliance train` or `appliance models add`\n"
+    "# registered. Written by the appliance (comments are not kept); `appliance models\n"
+    "# list --json` shows it.\n"
 )
 
 
@@ -176,15 +181,20 @@ def register_model(
     model_id: str,
     gguf: Path,
     *,
-    lineage: dict[str, Any],
+    lineage: dict[str, Any] | None,
     force: bool = False,
     description: str = "",
     licence: str = "",
     source: str = "",
     extra: dict[str, Any] | None = None,
+    keep_source: bool = False,
 ) -> ModelEntry:
     """Move ``gguf`` into the user models folder and add (or with ``force`` replace) the
-    entry ``model_id`` with its sha256, size and ``lineage``."""
+    entry ``model_id`` with its sha256, size and ``lineage`` (None: not a trained model).
+
+    With ``keep_source`` the file is hard-linked (on another file system: copied) instead
+    of moved, so the user's own file stays where it was.
+    """
     validate_model_id(model_id)
     folder = settings.user_models_dir
     manifest = folder / "manifest.toml"
@@ -197,9 +207,20 @@ def register_model(
             name = f"{model_id}.{sha256_file(gguf)[:12]}.gguf"
         dest = folder / name
         tmp = folder / f".{name}.{os.getpid()}.tmp"
-        shutil.move(str(gguf), str(tmp))
-        digest = sha256_file(tmp)
-        os.replace(tmp, dest)
+        tmp.unlink(missing_ok=True)
+        try:
+            if not keep_source:
+                shutil.move(str(gguf), str(tmp))
+            else:
+                try:
+                    os.link(gguf, tmp)
+                except OSError:
+                    shutil.copyfile(gguf, tmp)
+            digest = sha256_file(tmp)
+            os.replace(tmp, dest)
+        except BaseException:  # a full disk or Ctrl+C mid-copy: no half file left behind
+            tmp.unlink(missing_ok=True)
+            raise
         entry: dict[str, Any] = {
             "id": model_id,
             "role": "generator",
@@ -225,19 +246,59 @@ def register_model(
     return Registry.load(settings).get(model_id)
 
 
-def check_id_free(settings: Settings, model_id: str, force: bool) -> None:
-    """Raise ModelExistsError if ``model_id`` is packaged, or registered and not ``force``."""
+def add_model(
+    settings: Settings,
+    gguf: Path,
+    model_id: str,
+    *,
+    force: bool = False,
+    description: str = "",
+    licence: str = "",
+    source: str = "",
+) -> tuple[ModelEntry, GGUFInfo]:
+    """Register a GGUF chat model the user brings, under ``model_id`` in the user manifest.
+
+    llama.cpp reads the file's header first (:func:`appliance.models.gguf.probe_gguf`); a
+    file that is not GGUF, that llama.cpp cannot read, or that has no chat template (a base
+    model cannot answer questions) is refused before anything is written. The file is
+    hard-linked into the user models folder, or copied where it lies on another file
+    system; the user's own file is left as it is. The entry has no lineage, so it answers
+    in ``base`` and ``rag`` (and ``ft`` / ``hybrid``) only when picked with ``--model`` or
+    the ``generate.model`` setting. ``licence`` defaults to the file's ``general.license``
+    and ``source`` to the file's path.
+    """
+    validate_model_id(model_id)
+    check_id_free(settings, model_id, force, "--id")
+    gguf = Path(gguf)
+    info = probe_gguf(gguf)
+    if not info.chat_template:
+        raise ModelError(f"{gguf.name} has no chat template, so it cannot answer questions "
+                         "(a base model, not an instruct one); add an instruct model's GGUF.")
+    summary = ", ".join(x for x in (info.name, info.size_label, info.architecture) if x)
+    entry = register_model(
+        settings, model_id, gguf, lineage=None, force=force, keep_source=True,
+        description=description or f"added with `appliance models add` ({summary})",
+        licence=licence or info.licence, source=source or str(gguf.resolve()),
+        extra={"gguf": info.to_json()},
+    )
+    return entry, info
+
+
+def check_id_free(settings: Settings, model_id: str, force: bool, option: str = "--out"
+                  ) -> None:
+    """Raise ModelExistsError if ``model_id`` is packaged, or registered and not ``force``
+    (``option`` names the command's option that sets the id)."""
     registry = Registry.load(settings)
     if model_id not in registry:
         return
     entry = registry.get(model_id)
     if entry.origin != "user":
         raise ModelExistsError(
-            f"'{model_id}' is a packaged model and cannot be replaced; choose another --out."
+            f"'{model_id}' is a packaged model and cannot be replaced; choose another {option}."
         )
     if not force:
         raise ModelExistsError(
-            f"A model '{model_id}' is already registered; choose another --out, or add "
+            f"A model '{model_id}' is already registered; choose another {option}, or add "
             "--force to replace it."
         )
 
@@ -249,8 +310,8 @@ def remove_model(settings: Settings, model_id: str, delete_file: bool = True) ->
         entry = Registry.load(settings).get(model_id)
         if entry.origin != "user":
             raise InputError(
-                f"'{model_id}' is a packaged model; only models that `appliance train` "
-                "registered can be removed."
+                f"'{model_id}' is a packaged model; only the user's models (from "
+                "`appliance train` or `appliance models add`) can be removed."
             )
         manifest = folder / "manifest.toml"
         doc = _read(manifest)

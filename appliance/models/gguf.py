@@ -1,0 +1,132 @@
+"""What a GGUF file says about itself, read by llama.cpp in a child process.
+
+``appliance models add`` registers a GGUF the user brings (a bigger instruct model carried
+on the stick, say). Before it is registered, the very llama.cpp that will later answer
+with it reads the file's header and vocabulary (``vocab_only``: no weights are loaded, so
+this takes a second even for a model of many gigabytes). A hostile or damaged file may
+crash the parser or make it allocate without end, so the reading happens in a fresh
+interpreter with an address-space limit and a time limit; the parent only reads the JSON
+line it prints.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import InputError, ModelError
+from appliance.files import check_input_file
+
+__all__ = ["GGUF_MAGIC", "GGUFInfo", "probe_gguf"]
+
+GGUF_MAGIC = b"GGUF"
+"""The first four bytes of every GGUF file."""
+
+_PROBE_MEMORY = 4 << 30
+"""Address space of the reading process beyond the file's own size (it maps the file)."""
+
+_CHILD = r"""
+import json, resource, sys
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from llama_cpp import Llama
+try:
+    llm = Llama(model_path=sys.argv[1], vocab_only=True, verbose=False)
+except Exception as exc:
+    print(json.dumps({"error": str(exc)}))
+    sys.exit(0)
+md = llm.metadata
+arch = md.get("general.architecture", "")
+def number(key):
+    try:
+        return int(md.get(key, "0"))
+    except ValueError:
+        return 0
+print(json.dumps({
+    "architecture": arch,
+    "name": md.get("general.name", ""),
+    "size_label": md.get("general.size_label", ""),
+    "licence": md.get("general.license", ""),
+    "context_length": number(arch + ".context_length"),
+    "chat_template": bool(md.get("tokenizer.chat_template")),
+    "n_vocab": int(llm.n_vocab()),
+}))
+"""
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    """The metadata of a GGUF that matters for answering with it."""
+
+    architecture: str
+    """``general.architecture`` (``llama``, ``qwen2``, ``gemma3`` ...)."""
+    name: str
+    """``general.name``, when the file has one."""
+    size_label: str
+    """``general.size_label`` (``135M``, ``0.5B`` ...), when the file has one."""
+    licence: str
+    """``general.license``, when the file has one."""
+    context_length: int
+    """The context the model was trained for, in tokens (0 when the file does not say)."""
+    chat_template: bool
+    """Whether the file carries a chat template: answering needs one."""
+    n_vocab: int
+    """Tokens in the vocabulary."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields as JSON-ready data."""
+        return asdict(self)
+
+
+def probe_gguf(path: Path, *, timeout: float = 60.0) -> GGUFInfo:
+    """Read ``path``'s GGUF metadata with llama.cpp (vocabulary only, no weights).
+
+    InputError when ``path`` is not a regular file or does not start with the GGUF magic;
+    ModelError when llama.cpp cannot read it (damaged, an architecture this llama.cpp does
+    not know), crashes on it, or takes longer than ``timeout`` seconds.
+    """
+    path = Path(path)
+    check_input_file(path, "a .gguf model file", max_bytes=1 << 50)
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise InputError(f"Cannot read {path}: {exc.strerror or exc}.") from None
+    if magic != GGUF_MAGIC:
+        raise InputError(f"{path} is not a GGUF file (it does not start with 'GGUF'); give "
+                         "a llama.cpp model file (.gguf).")
+    limit = path.stat().st_size + _PROBE_MEMORY
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-I", "-c", _CHILD, str(path.resolve()), str(limit)],
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except subprocess.TimeoutExpired:
+        raise ModelError(f"llama.cpp took longer than {timeout:g} s to read {path}; the file "
+                         "is damaged or not a model.") from None
+    if proc.returncode < 0:
+        try:
+            how = signal.Signals(-proc.returncode).name
+        except ValueError:
+            how = f"signal {-proc.returncode}"
+        raise ModelError(f"llama.cpp crashed reading {path} ({how}); the file is damaged or "
+                         "not a model.")
+    lines = proc.stdout.strip().splitlines()
+    try:
+        data = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        data = None
+    if proc.returncode != 0 or not isinstance(data, dict):
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelError(f"llama.cpp could not read {path} ({last[:200]}); the file is "
+                         "damaged or not a model.")
+    if "error" in data:
+        raise ModelError(f"llama.cpp cannot load {path}: the file is damaged, or made for an "
+                         "architecture this llama.cpp does not know.")
+    return GGUFInfo(**data)

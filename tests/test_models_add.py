@@ -1,0 +1,151 @@
+"""`appliance models add`: a GGUF chat model the user brings, read by the real llama.cpp,
+registered in the user manifest and answering through --model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from appliance.config import load_settings, packaged_models_dir
+from appliance.errors import InputError, ModelError
+from appliance.models import Registry
+from appliance.models import gguf as gguf_mod
+from appliance.models.gguf import probe_gguf
+from tests.conftest import run_cli, unwrapped
+
+SMALL = "smollm2-135m-instruct-q4_1"
+
+
+def _small_gguf() -> Path:
+    return Registry.load(load_settings()).resolve(SMALL).path
+
+
+def _copy(tmp_path: Path, name: str = "mine.gguf") -> Path:
+    dest = tmp_path / "stick" / name
+    dest.parent.mkdir(exist_ok=True)
+    shutil.copyfile(_small_gguf(), dest)
+    return dest
+
+
+def _user_ids(home: Path) -> list[str]:
+    return [e.id for e in Registry.load(load_settings(home=home)) if e.origin == "user"]
+
+
+def test_probe_reads_the_header_of_the_real_small_model() -> None:
+    info = probe_gguf(_small_gguf())
+    assert info.architecture == "llama" and info.chat_template
+    assert info.context_length == 8192 and info.n_vocab == 49152
+    assert info.licence == "apache-2.0"
+
+
+def test_added_model_answers_and_its_removal_keeps_the_users_file(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    mine = _copy(tmp_path)
+    proc = run_cli("models", "add", str(mine), "--id", "my-small", home=home)
+    assert proc.returncode == 0, proc.stderr
+    said = unwrapped(proc.stdout)
+    assert "added 'my-small'" in said and "8,192-token context" in said
+    assert "--model my-small" in said
+
+    listed = json.loads(run_cli("models", "list", "--json", home=home, check=True).stdout)
+    entry = next(e for e in listed if e["id"] == "my-small")
+    assert entry["origin"] == "user" and entry["role"] == "generator"
+    assert "lineage" not in entry  # not a trained model: ft/hybrid never pick it by default
+    assert entry["gguf"]["architecture"] == "llama" and entry["source"] == str(mine)
+    assert entry["sha256"] == Registry.load(load_settings()).get(SMALL).sha256
+    assert Path(entry["path"]).parent == home / "models"
+
+    proc = run_cli("ask", "What is two plus two?", "--mode", "base", "--model", "my-small",
+                   "--json", home=home)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["model"] == "my-small" and record["mode"] == "base"
+    assert record["tokens"]["completion"] > 0
+
+    proc = run_cli("models", "remove", "my-small", "--yes", home=home)
+    assert proc.returncode == 0, proc.stderr
+    assert _user_ids(home) == [] and not Path(entry["path"]).exists()
+    assert mine.is_file() and mine.stat().st_size == _small_gguf().stat().st_size
+
+
+def _no_template(tmp_path: Path) -> Path:
+    """The small model with its chat template's key renamed: a GGUF llama.cpp reads, but
+    one that cannot render a chat (as a base model's)."""
+    path = _copy(tmp_path, "base.gguf")
+    data = bytearray(path.read_bytes())
+    at = data.find(b"tokenizer.chat_template")
+    assert at > 0
+    data[at:at + 23] = b"tokenizer.chat_templatX"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _bad_file(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"{kind}.gguf"
+    if kind == "not-gguf":
+        path.write_bytes(b"PK\x03\x04" + os.urandom(4000))
+    elif kind == "truncated":
+        path.write_bytes(_small_gguf().read_bytes()[:1000])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "no-template":
+        return _no_template(tmp_path)
+    return path  # "missing": never created
+
+
+BAD = {"not-gguf": ("not a GGUF file", 2), "truncated": ("damaged", 5),
+       "empty": ("not a GGUF file", 2), "folder": ("is a folder", 2),
+       "fifo": ("not a regular file", 2), "missing": ("does not exist", 2),
+       "no-template": ("has no chat template", 5)}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_a_file_that_cannot_answer_is_refused_and_nothing_registered(
+        tmp_path: Path, kind: str) -> None:
+    home = tmp_path / "home"
+    path = _bad_file(tmp_path, kind)
+    proc = run_cli("models", "add", str(path), "--id", "mine", home=home, timeout=120)
+    reason, code = BAD[kind]
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    assert reason in unwrapped(proc.stderr) and "Traceback" not in proc.stderr
+    assert _user_ids(home) == []
+    assert not list((home / "models").glob("*.gguf*")), "a file was left behind"
+
+
+def test_ids_are_checked_before_the_file_is_read(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    mine = _copy(tmp_path)
+    proc = run_cli("models", "add", str(mine), "--id", SMALL, home=home)
+    assert proc.returncode == 2 and "packaged model" in unwrapped(proc.stderr)
+    proc = run_cli("models", "add", str(mine), "--id", "bad id", home=home)
+    assert proc.returncode == 2 and "not a valid model id" in unwrapped(proc.stderr)
+    assert run_cli("models", "add", str(mine), "--id", "m", home=home).returncode == 0
+    proc = run_cli("models", "add", str(mine), "--id", "m", home=home)
+    assert proc.returncode == 2 and "--force" in unwrapped(proc.stderr)
+    proc = run_cli("models", "add", str(mine), "--id", "m", "--force", "--json", home=home)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["id"] == "m" and _user_ids(home) == ["m"]
+    assert len(list((home / "models").glob("*.gguf*"))) == 1  # the replaced file is gone
+
+
+def test_a_reader_that_crashes_or_hangs_is_a_model_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header is read in a child process: a llama.cpp that dies on a hostile file, or
+    never finishes, costs the command one sentence, not the process."""
+    path = _copy(tmp_path)
+    monkeypatch.setattr(gguf_mod, "_CHILD", "import os; os.abort()")
+    with pytest.raises(ModelError, match=r"crashed .*SIGABRT"):
+        probe_gguf(path)
+    monkeypatch.setattr(gguf_mod, "_CHILD", "import time; time.sleep(30)")
+    with pytest.raises(ModelError, match=r"took longer than 0\.5 s"):
+        probe_gguf(path, timeout=0.5)
+    with pytest.raises(InputError, match="not a GGUF file"):
+        probe_gguf(packaged_models_dir() / "manifest.toml")
