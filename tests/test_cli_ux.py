@@ -91,7 +91,7 @@ def test_command_lists_never_cut_a_description_short(capsys: pytest.CaptureFixtu
     code, text = run_main(capsys, "--help")
     assert "Answer a question from a knowledge base, with citations." in text
     code, text = run_main(capsys, "models", "--help")
-    assert "List, verify, remove and build" in text  # not just "List and verify"
+    assert "List, verify, add, remove and build" in text  # not just "List and verify"
 
 
 @pytest.mark.parametrize("command", [("ingest",), ("search",), ("ask",), ("batch",), ("eval",)])

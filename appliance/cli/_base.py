@@ -139,8 +139,8 @@ class _Group(click.Group):
 def cli(ctx: click.Context, debug: bool) -> None:
     """Offline question answering over your own documents.
 
-    Data (knowledge bases, feedback, trained models) lives in $APPLIANCE_HOME, else the
-    platform's user data directory. Nothing here uses the network.
+    Data (knowledge bases, feedback, trained and added models) lives in $APPLIANCE_HOME,
+    else the platform's user data directory. Nothing here uses the network.
 
     Exit codes: 1 some items failed, 2 bad input or settings, 3 knowledge base, 4 nothing
     ingested, 5 model, 6 training or bundle, 7 a doctor check failed, 130 interrupted, 70

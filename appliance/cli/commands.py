@@ -356,7 +356,7 @@ def kb_reembed(c: AppContext, name: str) -> None:
 
 @cli.group()
 def models() -> None:
-    """List, verify, remove and build the registered models."""
+    """List, verify, add, remove and build the registered models."""
 
 
 @models.command("list")

@@ -416,8 +416,10 @@ def models_add(c: AppContext, file: Path, model_id: str, description: str, licen
               help="Keep the training run (checkpoints, adapter) in DATA_DIR/train/<id>.")
 @pass_ctx
 def models_remove(c: AppContext, model_id: str, yes: bool, keep_run: bool) -> None:
-    """Remove a model that `appliance train` or `appliance models add` registered (entry
-    and file; the file you added from stays where it was)."""
+    """Remove a model that `appliance train` or `appliance models add` registered.
+
+    Its entry and its registered file go; a file you added from stays where it was.
+    """
     import shutil
 
     from appliance.train.register import remove_model, validate_model_id
