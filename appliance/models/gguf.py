@@ -35,27 +35,29 @@ import json, resource, sys
 limit = int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 from llama_cpp import Llama
+def text(value):
+    return value[:200] if isinstance(value, str) else ""
+def number(value):
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
 try:
     llm = Llama(model_path=sys.argv[1], vocab_only=True, verbose=False)
+    md = llm.metadata
+    arch = text(md.get("general.architecture"))
+    info = {
+        "architecture": arch,
+        "name": text(md.get("general.name")),
+        "size_label": text(md.get("general.size_label")),
+        "licence": text(md.get("general.license")),
+        "context_length": number(md.get(arch + ".context_length")),
+        "chat_template": bool(md.get("tokenizer.chat_template")),
+        "n_vocab": number(llm.n_vocab()),
+    }
 except Exception as exc:
-    print(json.dumps({"error": str(exc)}))
-    sys.exit(0)
-md = llm.metadata
-arch = md.get("general.architecture", "")
-def number(key):
-    try:
-        return int(md.get(key, "0"))
-    except ValueError:
-        return 0
-print(json.dumps({
-    "architecture": arch,
-    "name": md.get("general.name", ""),
-    "size_label": md.get("general.size_label", ""),
-    "licence": md.get("general.license", ""),
-    "context_length": number(arch + ".context_length"),
-    "chat_template": bool(md.get("tokenizer.chat_template")),
-    "n_vocab": int(llm.n_vocab()),
-}))
+    info = {"error": str(exc)[:200]}
+print(json.dumps(info))
 """
 
 
