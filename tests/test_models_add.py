@@ -149,3 +149,16 @@ def test_a_reader_that_crashes_or_hangs_is_a_model_error(
         probe_gguf(path, timeout=0.5)
     with pytest.raises(InputError, match="not a GGUF file"):
         probe_gguf(packaged_models_dir() / "manifest.toml")
+
+
+def test_metadata_from_the_file_is_made_printable(tmp_path: Path) -> None:
+    """A file's own name string goes into the manifest, descriptions and the terminal:
+    escape codes and DEL (which TOML refuses raw) from a hostile file are dropped."""
+    path = _copy(tmp_path, "odd.gguf")
+    data = bytearray(path.read_bytes())
+    at = data.find(b"Smollm2 135M")
+    assert at > 0
+    data[at:at + 7] = b"\x1b[31m\x7fX"  # same length: the header stays valid
+    path.write_bytes(bytes(data))
+    info = probe_gguf(path)
+    assert info.name.startswith("[31mX 135M") and info.name.isprintable()

@@ -36,7 +36,7 @@ limit = int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 from llama_cpp import Llama
 def text(value):
-    return value[:200] if isinstance(value, str) else ""
+    return "".join(c for c in value if c.isprintable())[:200] if isinstance(value, str) else ""
 def number(value):
     try:
         return max(0, int(value))
