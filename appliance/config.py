@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,10 +28,12 @@ __all__ = [
     "GenerateSettings",
     "IngestSettings",
     "RetrieveSettings",
+    "SettingRow",
     "Settings",
     "StoreSettings",
     "cache_dir",
     "data_dir",
+    "explain_settings",
     "load_settings",
     "packaged_models_dir",
     "validate_kb_name",
@@ -251,7 +254,7 @@ class Settings(_Section):
 
     @property
     def user_models_dir(self) -> Path:
-        """Folder of models that ``appliance train`` registers."""
+        """Folder of models that ``appliance train`` and ``appliance models add`` register."""
         return self.home / "models"
 
 
@@ -349,3 +352,53 @@ def load_settings(home: Path | None = None, **overrides: dict[str, Any]) -> Sett
         raise ConfigError(
             f"Setting '{where}' is invalid: {first['msg']} (check {cfg} and APPLIANCE_* variables)."
         ) from exc
+
+
+@dataclass(frozen=True)
+class SettingRow:
+    """One setting as it is in force: what ``appliance config`` prints."""
+
+    key: str
+    """``section.field``, as in ``config.toml``; ``APPLIANCE_SECTION__FIELD`` sets it too."""
+    value: Any
+    default: Any
+    source: str
+    """``default``, ``config.toml`` or the environment variable that set it."""
+    description: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as JSON-ready data (paths as text)."""
+        def plain(v: Any) -> Any:
+            return str(v) if isinstance(v, Path) else v
+        return {"key": self.key, "value": plain(self.value), "default": plain(self.default),
+                "source": self.source, "description": self.description}
+
+
+def explain_settings(settings: Settings) -> list[SettingRow]:
+    """Every setting of ``settings`` with its default, its description and where its value
+    came from: an ``APPLIANCE_<SECTION>__<FIELD>`` variable, ``config.toml`` in the data
+    directory, or the default (the same layers, in the same order, as
+    :func:`load_settings`; values passed to it as overrides show as their layer's)."""
+    cfg = settings.home / "config.toml"
+    raw: dict[str, Any] = {}
+    if cfg.is_file():
+        try:
+            raw = tomllib.loads(cfg.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            raw = {}  # load_settings read it a moment ago; a file changed since is not ours
+    env = {k.lower(): k for k in os.environ if k.startswith("APPLIANCE_") and "__" in k}
+    rows: list[SettingRow] = []
+    for section in Settings.model_fields:
+        model = getattr(settings, section)
+        if not isinstance(model, _Section):
+            continue
+        table = raw.get(section)
+        from_file: dict[str, Any] = table if isinstance(table, dict) else {}
+        for name, field in type(model).model_fields.items():
+            var = env.get(f"appliance_{section}__{name}")
+            source = var or ("config.toml" if name in from_file else "default")
+            rows.append(SettingRow(
+                key=f"{section}.{name}", value=getattr(model, name),
+                default=field.get_default(call_default_factory=True), source=source,
+                description=field.description or ""))
+    return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,31 @@ def test_models_list_shows_whole_ids_and_which_modes_each_generator_answers(
     assert "missing" in mine and mine.rstrip().endswith("ft/hybrid")
     assert "ft/hybrid" not in rows["qwen2.5-coder-0.5b-grounded-q8_0"]  # the user's default won
     assert "embedder" in rows["minilm-l6-v2-int8"].split("packaged")[1]
+
+
+def test_config_shows_each_settings_value_and_where_it_came_from(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"  # the test's APPLIANCE_HOME
+    home.mkdir()
+    (home / "config.toml").write_text("[generate]\nn_ctx = 2048\nthreads = 2\n[answer]\nk = 3\n")
+    monkeypatch.setenv("APPLIANCE_GENERATE__THREADS", "1")  # the environment wins
+    code, said = run_main(capsys, "config", "--json", "--changed")
+    assert code == 0, said
+    data = json.loads(said)
+    rows = {r["key"]: r for r in data["settings"]}
+    assert set(rows) == {"generate.n_ctx", "generate.threads"}  # answer.k = 3 is the default
+    assert rows["generate.n_ctx"] | {"description": ""} == {
+        "key": "generate.n_ctx", "value": 2048, "default": 4096, "source": "config.toml",
+        "description": ""}
+    assert rows["generate.threads"]["source"] == "APPLIANCE_GENERATE__THREADS"
+    assert rows["generate.threads"]["value"] == 1
+    assert data["config_file"] == str(home / "config.toml") and data["config_file_exists"]
+
+    code, said = run_main(capsys, "config")
+    assert code == 0 and "retrieve.fusion" in said and "Context window in tokens." in said
+    code, said = run_main(capsys, "config", "--json")
+    every = {r["key"]: r for r in json.loads(said)["settings"]}
+    assert every["answer.k"]["source"] == "config.toml" and every["answer.k"]["value"] == 3
+    assert every["ingest.chunk_tokens"]["source"] == "default"
+    assert all(r["description"] for r in every.values())  # each field documents itself

@@ -1,4 +1,4 @@
-"""Knowledge-base commands: ingest, search, demo, kb, models."""
+"""Knowledge-base commands: ingest, search, demo, kb, models; and config."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from appliance.cli._base import (
     pass_ctx,
     progress_bar,
 )
-from appliance.config import RetrieveSettings
+from appliance.config import RetrieveSettings, explain_settings
 from appliance.errors import ApplianceError, InputError, KnowledgeBaseNotFoundError
 from appliance.files import format_bytes, read_text
 from appliance.types import page_suffix, strip_controls
@@ -405,3 +405,43 @@ def models_verify(c: AppContext) -> None:
         sys.exit(5)
 
 
+
+
+# -- config --------------------------------------------------------------------------------------
+
+
+@cli.command("config", short_help="Show every setting: value, where it came from, what it does.")
+@click.option("--changed", is_flag=True, help="Only settings that differ from their default.")
+@click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
+@pass_ctx
+def config_show(c: AppContext, changed: bool, as_json: bool) -> None:
+    """Show the settings in force: value, default, source and description of each.
+
+    A setting comes from its default, then config.toml in the data directory (one [section]
+    table each), then an environment variable APPLIANCE_<SECTION>__<FIELD>, which wins.
+
+    \b
+    Example:
+      APPLIANCE_GENERATE__THREADS=1 appliance config --changed
+    """
+    settings = c.app.settings
+    cfg = settings.home / "config.toml"
+    rows = [r for r in explain_settings(settings) if not changed or r.value != r.default]
+    if as_json:
+        out.print_json(data={"home": str(settings.home), "config_file": str(cfg),
+                             "config_file_exists": cfg.is_file(),
+                             "settings": [r.to_json() for r in rows]})
+        return
+    state = "" if cfg.is_file() else " (absent: every setting is its default or from the "\
+        "environment)"
+    out.print(f"data directory {lit(settings.home)}; config file {lit(cfg)}{state}")
+    if not rows:
+        out.print("every setting has its default value")
+        return
+    table = Table(Column("setting", no_wrap=True), "value", "source", "what it does",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for r in rows:
+        value = lit(json.dumps(r.to_json()["value"]))
+        table.add_row(r.key, f"[bold]{value}[/]" if r.value != r.default else value,
+                      lit(r.source), lit(r.description))
+    out.print(table)
