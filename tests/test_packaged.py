@@ -114,3 +114,18 @@ def test_placing_a_built_model_twice_leaves_no_temporary_link(tmp_path: Path) ->
     _place(cache / "tuned.gguf", models / "tuned.gguf")
     assert (models / "tuned.gguf").read_bytes() == b"rebuilt"
     assert sorted(p.name for p in models.iterdir()) == ["tuned.gguf"]
+
+
+def test_origin_comes_from_where_the_manifest_lies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user model carried in a bundle keeps its user manifest's fields, 'origin = "user"'
+    among them; on the target it is packaged, and `models list --json` must say so."""
+    models = _models_dir(tmp_path, built=False)
+    mine = b"my-gguf"
+    (models / "mine.gguf").write_bytes(mine)
+    with (models / "manifest.toml").open("a") as fh:
+        fh.write('[[model]]\nid = "mine"\nrole = "generator"\nformat = "gguf"\n'
+                 f'file = "mine.gguf"\nsha256 = "{_sha(mine)}"\norigin = "user"\n')
+    monkeypatch.setenv("APPLIANCE_MODELS_DIR", str(models))
+    entry = Registry.load(load_settings(home=tmp_path / "home")).get("mine")
+    assert entry.origin == "packaged" and entry.to_json()["origin"] == "packaged"

@@ -34,6 +34,9 @@ BUILT_MANIFEST = "built.toml"
 """Packaged models that setup builds on the machine (fine-tuned from ``models/adapters``)."""
 
 _SETUP_ONLY = {"acquire", "extra_files"}  # read by scripts/acquire_models.py only
+# Where the manifest lies decides the origin, not what an entry says of itself: a user
+# model carried in a bundle is packaged on the target.
+_DERIVED = {"origin"}
 _KNOWN = {"id", "role", "format", "file", "sha256", "size", "source", "licence", "description",
           "default", "lineage"}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: "$" lets "id\n" through
@@ -271,7 +274,8 @@ def _entry(raw: dict[str, Any], i: int, path: Path, base: Path, origin: str) -> 
         description=raw.get("description", ""),
         default=raw.get("default", False),
         lineage=raw.get("lineage"),
-        extra={k: v for k, v in raw.items() if k not in _KNOWN and k not in _SETUP_ONLY},
+        extra={k: v for k, v in raw.items()
+               if k not in _KNOWN and k not in _SETUP_ONLY and k not in _DERIVED},
     )
 
 
