@@ -45,7 +45,8 @@ def test_probe_reads_the_header_of_the_real_small_model() -> None:
 def test_added_model_answers_and_its_removal_keeps_the_users_file(tmp_path: Path) -> None:
     home = tmp_path / "home"
     mine = _copy(tmp_path)
-    proc = run_cli("models", "add", str(mine), "--id", "my-small", home=home)
+    offline = ("unshare", "-rn")  # adding and answering need no network
+    proc = run_cli("models", "add", str(mine), "--id", "my-small", home=home, prefix=offline)
     assert proc.returncode == 0, proc.stderr
     said = unwrapped(proc.stdout)
     assert "added 'my-small'" in said and "8,192-token context" in said
@@ -60,7 +61,7 @@ def test_added_model_answers_and_its_removal_keeps_the_users_file(tmp_path: Path
     assert Path(entry["path"]).parent == home / "models"
 
     proc = run_cli("ask", "What is two plus two?", "--mode", "base", "--model", "my-small",
-                   "--json", home=home)
+                   "--json", home=home, prefix=offline)
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
     assert record["model"] == "my-small" and record["mode"] == "base"
