@@ -163,3 +163,67 @@ def test_metadata_from_the_file_is_made_printable(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     info = probe_gguf(path)
     assert info.name.startswith("[31mX 135M") and info.name.isprintable()
+
+
+def _with_template(tmp_path: Path, name: str, template: str) -> Path:
+    """The small model with another chat template of the same byte length (padded with a
+    Jinja comment), so the GGUF's header stays valid."""
+    path = _copy(tmp_path, name)
+    data = path.read_bytes()
+    start = data.find(b"{% for message in messages %}")
+    end = data.find(b"{% endif %}", data.find(b"add_generation_prompt", start)) + 11
+    assert 0 < start < end
+    new = template.encode()
+    pad = end - start - len(new) - 4
+    assert pad >= 0, "the template must be shorter than SmolLM2's"
+    new += b"{#" + b" " * pad + b"#}"
+    path.write_bytes(data[:start] + new + data[end:])
+    return path
+
+
+NO_SYSTEM = ("{% for message in messages %}{% if message['role'] == 'system' %}"
+             "{{ raise_exception('System role not supported') }}{% endif %}"
+             "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n'}}"
+             "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+             "{% endif %}")
+
+
+def test_a_template_without_a_system_role_gets_the_instructions_in_the_question(
+        tmp_path: Path) -> None:
+    """Gemma 2's template raises on a system message and Mistral's wants user and assistant
+    turns only: such a model still answers, its instructions folded into the question."""
+    from appliance.generate.llama import LlamaGenerator
+
+    path = _with_template(tmp_path, "nosys.gguf", NO_SYSTEM)
+    info = probe_gguf(path)
+    assert info.chat_template and not info.system_role and not info.template_error
+    gen = LlamaGenerator("nosys", path, load_settings().generate)
+    try:
+        assert not gen.template.system_role
+        tokens = gen.render([{"role": "system", "content": "Cite [n]."},
+                             {"role": "user", "content": "Why?"}])
+        text = gen.llm.detokenize(tokens).decode()
+        assert "user\nCite [n].\n\nWhy?\n" in text and "system" not in text
+    finally:
+        gen.close()
+
+    home = tmp_path / "home"
+    proc = run_cli("models", "add", str(path), "--id", "nosys", home=home)
+    assert proc.returncode == 0, proc.stderr
+    assert "takes no system message" in unwrapped(proc.stdout)
+    proc = run_cli("ask", "What is two plus two?", "--mode", "base", "--model", "nosys",
+                   "--json", home=home)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["model"] == "nosys"
+
+
+def test_a_template_that_does_not_parse_is_refused(tmp_path: Path) -> None:
+    path = _with_template(tmp_path, "broken.gguf", "{% for message in messages %}{{ oops")
+    assert "does not parse" in probe_gguf(path).template_error
+    from appliance.generate.llama import LlamaGenerator
+
+    with pytest.raises(ModelError, match="does not parse"):  # not a jinja2 traceback
+        LlamaGenerator("broken", path, load_settings().generate)
+    proc = run_cli("models", "add", str(path), "--id", "broken", home=tmp_path / "home")
+    assert proc.returncode == 5 and "does not parse" in unwrapped(proc.stderr), proc.stderr
+    assert _user_ids(tmp_path / "home") == []

@@ -395,6 +395,9 @@ def models_add(c: AppContext, file: Path, model_id: str, description: str, licen
     context = f"{info.context_length:,}-token context, " if info.context_length else ""
     out.print(f"added '{entry.id}': {what}, {context}{format_bytes(entry.size or 0)}",
               markup=False)
+    if not info.system_role:
+        out.print("its chat template takes no system message: the instructions go at the start "
+                  "of the question instead", markup=False)
     n_ctx = c.app.settings.generate.n_ctx
     if 0 < info.context_length < n_ctx:
         err.print(f"[yellow]note[/]: it was trained for {info.context_length:,} tokens, fewer "

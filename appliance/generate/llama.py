@@ -24,13 +24,74 @@ from typing import Any
 from appliance.config import GenerateSettings
 from appliance.errors import InputError, Interrupted, ModelError
 
-__all__ = ["GenerationStats", "LlamaGenerator", "load_llama"]
+__all__ = ["ChatTemplate", "GenerationStats", "LlamaGenerator", "fold_system", "load_llama"]
 
 TOP_K = 40
 TOP_P = 0.95
 MIN_P = 0.05
 REPEAT_PENALTY = 1.0
 """Sampling knobs used when ``temperature`` > 0 (temperature 0 is greedy and ignores them)."""
+
+
+def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """``messages`` with a leading system message moved to the start of the first user
+    message (blank line between), for chat templates that take no system role."""
+    if not messages or messages[0].get("role") != "system":
+        return messages
+    system, rest = messages[0]["content"], messages[1:]
+    if rest and rest[0].get("role") == "user":
+        return [{"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}, *rest[1:]]
+    return [{"role": "user", "content": system}, *rest]
+
+
+_PROBE_MESSAGES = [{"role": "system", "content": "Answer from the sources."},
+                   {"role": "user", "content": "What is in the sources?"}]
+
+
+class ChatTemplate:
+    """A GGUF's Jinja chat template (rendered as llama-cpp-python's
+    ``create_chat_completion`` does), checked once when loaded.
+
+    Some templates refuse a system message (Gemma 2's raises "System role not supported";
+    Mistral's want user and assistant turns only): then the system prompt goes at the start
+    of the first user message (:func:`fold_system`), as those models expect. A template
+    that does not parse, or that cannot render a question either way, is a ModelError.
+    """
+
+    def __init__(self, template: str, *, bos: str, eos: str, eos_id: int, name: str) -> None:
+        from jinja2 import TemplateError
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self._errors: tuple[type[Exception], ...] = (TemplateError, ValueError, TypeError)
+        self.name = name
+        try:
+            self._formatter: Any = Jinja2ChatFormatter(
+                template=template, eos_token=eos, bos_token=bos, stop_token_ids=[eos_id])
+        except self._errors as exc:
+            raise ModelError(f"The chat template of {name} does not parse ({exc}); choose "
+                             "another model.") from exc
+        self.system_role = self._renders(_PROBE_MESSAGES)
+        if not self.system_role and not self._renders(fold_system(_PROBE_MESSAGES)):
+            raise ModelError(f"The chat template of {name} cannot render a question; choose "
+                             "another model.")
+
+    def _renders(self, messages: list[dict[str, str]]) -> bool:
+        try:
+            self._formatter(messages=messages)
+        except self._errors:
+            return False
+        return True
+
+    def __call__(self, messages: list[dict[str, str]]) -> tuple[str, bool]:
+        """The prompt text of ``messages`` and whether the template added BOS itself."""
+        if not self.system_role:
+            messages = fold_system(messages)
+        try:
+            result = self._formatter(messages=messages)
+        except self._errors as exc:
+            raise ModelError(f"The chat template of {self.name} cannot render this "
+                             f"conversation ({exc}); choose another model.") from exc
+        return result.prompt, bool(result.added_special)
 
 
 @dataclass
@@ -79,8 +140,8 @@ class LlamaGenerator:
         from appliance.embed import physical_cores
 
         try:
+            from jinja2 import TemplateError
             from llama_cpp import Llama
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         except ImportError as exc:  # pragma: no cover - setup installs it
             raise ModelError(
                 f"llama-cpp-python is not installed ({exc}); run scripts/setup.sh."
@@ -102,6 +163,9 @@ class LlamaGenerator:
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"llama.cpp cannot load {self.path}: {exc}.") from exc
+        except TemplateError as exc:  # llama-cpp-python compiles the GGUF's templates
+            raise ModelError(f"The chat template of {self.path.name} does not parse ({exc}); "
+                             "choose another model.") from exc
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise ModelError(
@@ -111,12 +175,13 @@ class LlamaGenerator:
         eos = self.llm.token_eos()
         bos = self.llm.token_bos()
         text = self.llm._model.token_get_text
-        self._formatter: Any = Jinja2ChatFormatter(
-            template=template,
-            eos_token=text(eos) if eos != -1 else "",
-            bos_token=text(bos) if bos != -1 else "",
-            stop_token_ids=[eos],
-        )
+        try:
+            self.template = ChatTemplate(template, bos=text(bos) if bos != -1 else "",
+                                         eos=text(eos) if eos != -1 else "", eos_id=eos,
+                                         name=self.path.name)
+        except ModelError:
+            self.llm.close()
+            raise
         self.n_ctx: int = int(self.llm.n_ctx())
         self.threads = threads
         self.last_stats = GenerationStats()
@@ -149,12 +214,9 @@ class LlamaGenerator:
 
     def render(self, messages: list[dict[str, str]]) -> list[int]:
         """The prompt tokens of ``messages`` under the GGUF's chat template."""
-        result = self._formatter(messages=messages)
-        return list(
-            self.llm.tokenize(
-                result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
-            )
-        )
+        prompt, added_special = self.template(messages)
+        return list(self.llm.tokenize(prompt.encode("utf-8"), add_bos=not added_special,
+                                      special=True))
 
     def interrupt(self) -> None:
         """Stop the current :meth:`stream` from another thread, prompt evaluation included:

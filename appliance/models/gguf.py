@@ -54,9 +54,27 @@ try:
         "context_length": number(md.get(arch + ".context_length")),
         "chat_template": bool(md.get("tokenizer.chat_template")),
         "n_vocab": number(llm.n_vocab()),
+        "system_role": False,
+        "template_error": "",
     }
+    if info["chat_template"]:
+        from appliance.generate.llama import ChatTemplate
+        word = llm._model.token_get_text
+        bos, eos = llm.token_bos(), llm.token_eos()
+        try:
+            template = ChatTemplate(md["tokenizer.chat_template"], eos_id=eos,
+                                    bos=word(bos) if bos != -1 else "",
+                                    eos=word(eos) if eos != -1 else "", name="")
+            info["system_role"] = template.system_role
+        except Exception as exc:
+            info["template_error"] = text(str(exc))
 except Exception as exc:
-    info = {"error": str(exc)[:200]}
+    from jinja2 import TemplateError
+    if isinstance(exc, TemplateError):  # llama-cpp-python compiles the template on load
+        info = {"chat_template": True,
+                "template_error": text(f"its chat template does not parse ({exc})")}
+    else:
+        info = {"error": str(exc)[:200]}
 print(json.dumps(info))
 """
 
@@ -65,20 +83,25 @@ print(json.dumps(info))
 class GGUFInfo:
     """The metadata of a GGUF that matters for answering with it."""
 
-    architecture: str
+    architecture: str = ""
     """``general.architecture`` (``llama``, ``qwen2``, ``gemma3`` ...)."""
-    name: str
+    name: str = ""
     """``general.name``, when the file has one."""
-    size_label: str
+    size_label: str = ""
     """``general.size_label`` (``135M``, ``0.5B`` ...), when the file has one."""
-    licence: str
+    licence: str = ""
     """``general.license``, when the file has one."""
-    context_length: int
+    context_length: int = 0
     """The context the model was trained for, in tokens (0 when the file does not say)."""
-    chat_template: bool
+    chat_template: bool = False
     """Whether the file carries a chat template: answering needs one."""
-    n_vocab: int
-    """Tokens in the vocabulary."""
+    n_vocab: int = 0
+    """Tokens in the vocabulary (0 when the template stopped the reading first)."""
+    system_role: bool = False
+    """Whether the chat template takes a system message (else the system prompt goes at the
+    start of the first user message: :class:`appliance.generate.llama.ChatTemplate`)."""
+    template_error: str = ""
+    """Why the chat template cannot render a question, when it cannot."""
 
     def to_json(self) -> dict[str, Any]:
         """The fields as JSON-ready data."""

@@ -271,6 +271,8 @@ def add_model(
     check_id_free(settings, model_id, force, "--id")
     gguf = Path(gguf)
     info = probe_gguf(gguf)
+    if info.template_error:
+        raise ModelError(f"{gguf.name} cannot answer questions: {info.template_error}.")
     if not info.chat_template:
         raise ModelError(f"{gguf.name} has no chat template, so it cannot answer questions "
                          "(a base model, not an instruct one); add an instruct model's GGUF.")
