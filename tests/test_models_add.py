@@ -227,3 +227,27 @@ def test_a_template_that_does_not_parse_is_refused(tmp_path: Path) -> None:
     proc = run_cli("models", "add", str(path), "--id", "broken", home=tmp_path / "home")
     assert proc.returncode == 5 and "does not parse" in unwrapped(proc.stderr), proc.stderr
     assert _user_ids(tmp_path / "home") == []
+
+
+def test_prompts_fit_the_context_a_model_was_trained_for(tmp_path: Path) -> None:
+    """generate.n_ctx is 4,096; a model trained for 1,024 tokens gets prompts of at most
+    1,024, and models add says so."""
+    import struct
+
+    from appliance.generate.llama import LlamaGenerator
+
+    path = _copy(tmp_path, "short.gguf")
+    data = bytearray(path.read_bytes())
+    key = data.find(b"llama.context_length") + len(b"llama.context_length")
+    assert struct.unpack_from("<II", data, key) == (4, 8192)  # a uint32 of 8192
+    struct.pack_into("<I", data, key + 4, 1024)
+    path.write_bytes(bytes(data))
+    assert probe_gguf(path).context_length == 1024
+    gen = LlamaGenerator("short", path, load_settings().generate)
+    try:
+        assert gen.n_ctx == 1024 and int(gen.llm.n_ctx()) == 4096
+    finally:
+        gen.close()
+    proc = run_cli("models", "add", str(path), "--id", "short", home=tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr
+    assert "prompts are fitted to 1,024" in unwrapped(proc.stdout)

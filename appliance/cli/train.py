@@ -400,10 +400,9 @@ def models_add(c: AppContext, file: Path, model_id: str, description: str, licen
                   "of the question instead", markup=False)
     n_ctx = c.app.settings.generate.n_ctx
     if 0 < info.context_length < n_ctx:
-        err.print(f"[yellow]note[/]: it was trained for {info.context_length:,} tokens, fewer "
-                  f"than generate.n_ctx ({n_ctx:,}); set generate.n_ctx = "
-                  f"{info.context_length} in {lit(c.app.settings.home / 'config.toml')} before "
-                  "answering with it.")
+        out.print(f"it was trained for {info.context_length:,} tokens, fewer than "
+                  f"generate.n_ctx ({n_ctx:,}): its prompts are fitted to "
+                  f"{info.context_length:,}", markup=False)
     out.print(f'answer with it: appliance ask "..." --model {entry.id}  (to make it the '
               f'default of base and rag: generate.model = "{entry.id}" in '
               f"{c.app.settings.home / 'config.toml'})", markup=False)

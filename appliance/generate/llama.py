@@ -182,7 +182,11 @@ class LlamaGenerator:
         except ModelError:
             self.llm.close()
             raise
-        self.n_ctx: int = int(self.llm.n_ctx())
+        # Prompts are fitted to this: the context, or the one the model was trained for
+        # when that is shorter (a model brought with `models add` may have 2,048 tokens).
+        trained = int(self.llm._model.n_ctx_train())
+        self.n_ctx: int = min(int(self.llm.n_ctx()), trained) if trained > 0 \
+            else int(self.llm.n_ctx())
         self.threads = threads
         self.last_stats = GenerationStats()
         self._last_sequence: list[int] = []
