@@ -225,6 +225,10 @@ class GenerateSettings(_Section):
     seed: int = Field(0, description="Sampling seed.")
     threads: int = Field(0, ge=0, le=256, description="Generation threads (0: physical cores; "
                          "at most 256: thousands of threads never finish).")
+    flash_attn: bool = Field(False, description="llama.cpp flash attention: 8-12 % less "
+                             "time to first token on 2 cores (scripts/bench_generate.py "
+                             "--compare-flash-attn), but greedy answers can be worded "
+                             "differently, and the measured quality is without it.")
 
 
 class Settings(_Section):

@@ -19,6 +19,7 @@ first token and generation are shown, with retrieval + prompt building as a shar
 to first token (target <= 10%).
 
     .venv/bin/python scripts/bench_generate.py [--model ID] [--runs 5] [--home DIR]
+        [--compare-flash-attn]
 """
 
 from __future__ import annotations
@@ -76,6 +77,43 @@ def med(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
 
+def compare_flash_attn(path: Path, messages: list[dict[str, str]], args: argparse.Namespace,
+                       threads: int) -> dict[str, Any]:
+    """Raw llama_cpp with flash attention off and on: medians of time to first token and
+    tokens/s over alternating runs on one prompt, their ratios, and whether the greedy texts
+    agree. Returns the numbers and a rich table under ``table``."""
+    from llama_cpp import Llama
+
+    llms = {fa: Llama(model_path=str(path), n_ctx=4096, n_batch=512, n_ubatch=512,
+                      n_threads=threads, n_threads_batch=threads, flash_attn=fa, verbose=False)
+            for fa in (False, True)}
+    runs: dict[bool, dict[str, list[float]]] = {fa: {"ttft": [], "tps": []} for fa in llms}
+    texts: dict[bool, str] = {}
+    for i in range(args.runs):
+        for fa in (False, True) if i % 2 == 0 else (True, False):
+            llm = llms[fa]
+            llm.reset()
+            text, t0, first, last = timed(raw_pieces(llm, messages, args.max_tokens, 0))
+            tokens = len(llm.tokenize(text.encode(), add_bos=False, special=False))
+            texts[fa] = text
+            runs[fa]["ttft"].append(first - t0)
+            runs[fa]["tps"].append((tokens - 1) / (last - first) if last > first else 0.0)
+    for llm in llms.values():
+        llm.close()
+    off, on = ({k: med(v) for k, v in runs[fa].items()} for fa in (False, True))
+    table = Table(title=f"flash attention off / on (raw llama_cpp, {args.runs} alternating "
+                        f"runs each, medians, {threads} threads)")
+    for col in ("", "off", "on", "on / off"):
+        table.add_column(col, justify="right")
+    table.add_row("time to first token (s)", f"{off['ttft']:.3f}", f"{on['ttft']:.3f}",
+                  f"{on['ttft'] / off['ttft']:.3f}" if off["ttft"] else "-")
+    table.add_row("tokens/s", f"{off['tps']:.1f}", f"{on['tps']:.1f}",
+                  f"{on['tps'] / off['tps']:.3f}" if off["tps"] else "-")
+    same = texts[False].strip() == texts[True].strip()
+    table.caption = f"same greedy text: {'yes' if same else 'NO'}"
+    return {"off": off, "on": on, "same_text": same, "table": table}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="generator id (default: the default one)")
@@ -84,6 +122,9 @@ def main() -> int:
     ap.add_argument("--home", type=Path, default=None,
                     help="data directory holding (or to hold) the demo knowledge base")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    ap.add_argument("--compare-flash-attn", action="store_true",
+                    help="also time llama.cpp with flash attention off and on (raw, same "
+                    "prompt, alternating runs): the generate.flash_attn setting")
     args = ap.parse_args()
     console = Console()
 
@@ -106,7 +147,8 @@ def main() -> int:
     raw = Llama(model_path=str(gen.path), n_ctx=settings.generate.n_ctx,
                 n_batch=max(512, settings.generate.n_batch),
                 n_ubatch=max(512, settings.generate.n_batch), n_threads=threads,
-                n_threads_batch=threads, seed=settings.generate.seed, verbose=False)
+                n_threads_batch=threads, seed=settings.generate.seed,
+                flash_attn=settings.generate.flash_attn, verbose=False)
     hits = app.search(SAMPLE_QUESTIONS[0], kb="demo", k=settings.answer.k).hits
     prompt = build_rag_prompt(SAMPLE_QUESTIONS[0], hits, count_tokens=gen.count_tokens,
                               n_ctx=gen.n_ctx, max_tokens=args.max_tokens)
@@ -154,6 +196,10 @@ def main() -> int:
                   "(ratio of time to first token: raw / appliance, higher is better); "
                   f"load average during the runs: {os.getloadavg()[0]:.1f} "
                   f"on {os.cpu_count()} CPUs")
+    flash = compare_flash_attn(gen.path, prompt.messages, args, threads) \
+        if args.compare_flash_attn else None
+    if flash is not None:
+        console.print(flash.pop("table"))
     gen.close()
 
     # -- 2. time split of full RAG answers ----------------------------------------------------
@@ -197,6 +243,7 @@ def main() -> int:
             "tps_ratio": a_tps / r_tps if r_tps else None, "same_text": same,
             "rag_ms": {k: med(v) for k, v in split.items()},
             "retrieval_prompt_share_of_ttft": med(share),
+            "flash_attn": flash,
         }, indent=1), encoding="utf-8")
     app.close()
     if tmp is not None:

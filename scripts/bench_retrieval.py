@@ -78,6 +78,7 @@ from appliance.evaluate.squad import (  # noqa: E402
     Article,
     Question,
     answer_in_text,
+    corpus_file_name,
     load_squad,
     questions,
     split_articles,
@@ -571,14 +572,27 @@ def _hit(answers: Sequence[str], texts: Sequence[str], k: int) -> bool:
     return any(answer_in_text(answers, t) for t in texts[:k])
 
 
+def write_articles(articles: Sequence[Article], folder: Path) -> None:
+    """One ``<title>.txt`` per article (title, blank line, its paragraphs separated by blank
+    lines), as a user would ingest a Wikipedia article: the chunker, not the data set,
+    then decides where chunks end."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for article in articles:
+        body = "\n\n".join(p.context.strip() for p in article.paragraphs)
+        name = corpus_file_name(article.title, 0).removesuffix("_000.txt") + ".txt"
+        (folder / name).write_text(f"{article.title}\n\n{body}\n", encoding="utf-8")
+
+
 def _quality_questions(b: Bench) -> tuple[str, list[Question]]:
-    kb = f"squad-{b.args.split}"
+    per_article = b.args.layout == "article"
+    kb = f"squad-{b.args.split}" + ("-articles" if per_article else "")
     articles = b.split(b.args.split)
     qs = questions(articles, answerable=True)
     if b.args.quick:
         qs = qs[:300]
-    with b.step(f"quality: ingest SQuAD {b.args.split} paragraphs"):
-        b.ensure_kb(kb, lambda folder: write_corpus(articles, folder))
+    with b.step(f"quality: ingest SQuAD {b.args.split} {b.args.layout}s"):
+        b.ensure_kb(kb, lambda folder: (write_articles if per_article else write_corpus)(
+            articles, folder))
     return kb, qs
 
 
@@ -621,7 +635,7 @@ def section_quality(b: Bench) -> None:
     table = Table(title=f"3. Retrieval quality, SQuAD {b.args.split} split")
     note = (
         f"{', '.join(out['articles'])}: {len(qs)} answerable questions, "
-        f"{out['files']} paragraphs, {out['chunks']} chunks; hit = a gold answer in the "
+        f"{out['files']} {b.args.layout}s, {out['chunks']} chunks; hit = a gold answer in the "
         "chunk's text"
     )
     for col in ("mode", "hit@1", "hit@5", "MRR@5", "p50 ms"):
@@ -935,6 +949,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="SQuAD split for the quality section (default: test; tune on dev)",
     )
     p.add_argument(
+        "--layout",
+        choices=("paragraph", "article"),
+        default="paragraph",
+        help="quality corpus: one document per SQuAD paragraph (default) or per article "
+        "(the chunker cuts it)",
+    )
+    p.add_argument(
         "--grid",
         action="store_true",
         help="also evaluate hybrid over a grid of fusion settings on --split "
@@ -988,6 +1009,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         b.results["config"] = {
             "sections": args.sections,
             "split": args.split,
+            "layout": args.layout,
             "quick": args.quick,
             "grid": args.grid,
             "rerank": args.rerank,

@@ -518,6 +518,28 @@ def test_next_token_logits_agree_with_greedy_generation(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+def test_flash_attention_setting_reaches_llama_cpp(tmp_path: Path) -> None:
+    """generate.flash_attn turns llama.cpp's flash attention on; the model still answers
+    with the same first token as without it."""
+    from appliance.generate.llama import LlamaGenerator
+    from appliance.models import Registry
+
+    entry = Registry.load(load_settings()).resolve(SMOL)
+    messages = [{"role": "user", "content": "Name a colour of the sky."}]
+    firsts = []
+    for on in (False, True):
+        settings = load_settings(home=tmp_path / "home", generate={"flash_attn": on})
+        gen = LlamaGenerator(SMOL, entry.path, settings.generate)
+        try:
+            assert gen.llm.context_params.flash_attn_type == int(on)  # 0 off, 1 on
+            firsts.append(int(gen.next_token_logits(messages).argmax()))
+            assert "".join(gen.stream(messages, 6)).strip()
+        finally:
+            gen.close()
+    assert firsts[0] == firsts[1]
+
+
+@pytest.mark.integration
 def test_a_small_model_caught_in_a_loop_is_stopped(demo_kb: tuple[Any, Path]) -> None:
     """SmolLM2-135M repeats one sentence over and over on this question (greedy); the
     answer keeps one copy and generation stops before max_tokens."""

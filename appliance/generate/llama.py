@@ -159,6 +159,7 @@ class LlamaGenerator:
                 n_threads=threads,
                 n_threads_batch=threads,
                 seed=settings.seed,
+                flash_attn=settings.flash_attn,
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as exc:
