@@ -202,11 +202,7 @@ def register_model(
         check_id_free(settings, model_id, force)
         doc = _read(manifest)
         old = [e for e in doc["model"] if e.get("id") == model_id]
-        name = f"{model_id}.gguf"
-        if (folder / name).exists() or any(e.get("file") == name for e in doc["model"]):
-            name = f"{model_id}.{sha256_file(gguf)[:12]}.gguf"
-        dest = folder / name
-        tmp = folder / f".{name}.{os.getpid()}.tmp"
+        tmp = folder / f".{model_id}.gguf.{os.getpid()}.tmp"
         tmp.unlink(missing_ok=True)
         try:
             if not keep_source:
@@ -216,7 +212,11 @@ def register_model(
                     os.link(gguf, tmp)
                 except OSError:
                     shutil.copyfile(gguf, tmp)
-            digest = sha256_file(tmp)
+            digest = sha256_file(tmp)  # read once: it also names a replacement's file
+            name = f"{model_id}.gguf"
+            if (folder / name).exists() or any(e.get("file") == name for e in doc["model"]):
+                name = f"{model_id}.{digest[:12]}.gguf"
+            dest = folder / name
             os.replace(tmp, dest)
         except BaseException:  # a full disk or Ctrl+C mid-copy: no half file left behind
             tmp.unlink(missing_ok=True)
