@@ -321,6 +321,16 @@ def _env_overrides() -> dict[str, dict[str, Any]]:
     return out
 
 
+def _config_file(cfg: Path) -> dict[str, Any]:
+    """The settings ``config.toml`` holds (none when it does not exist)."""
+    if not cfg.is_file():
+        return {}
+    try:
+        return tomllib.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"Cannot read {cfg}: {exc}; fix or remove the file.") from exc
+
+
 def load_settings(home: Path | None = None, **overrides: dict[str, Any]) -> Settings:
     """Build the settings from defaults, ``config.toml``, the environment and ``overrides``.
 
@@ -331,13 +341,8 @@ def load_settings(home: Path | None = None, **overrides: dict[str, Any]) -> Sett
         raise ConfigError(f"The data directory {base} is a file, not a folder; point "
                           "APPLIANCE_HOME at a folder.")
     is_new(base, "point APPLIANCE_HOME at a folder.", ConfigError)
-    raw: dict[str, Any] = {}
     cfg = base / "config.toml"
-    if cfg.is_file():
-        try:
-            raw = tomllib.loads(cfg.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"Cannot read {cfg}: {exc}; fix or remove the file.") from exc
+    raw = _config_file(cfg)
     for layer in (_env_overrides(), overrides):
         for section, values in layer.items():
             if isinstance(values, dict):
@@ -381,16 +386,10 @@ class SettingRow:
 def explain_settings(settings: Settings) -> list[SettingRow]:
     """Every setting of ``settings`` with its default, its description and where its value
     came from: an ``APPLIANCE_<SECTION>__<FIELD>`` variable, ``config.toml`` in the data
-    directory, or the default (the same layers, in the same order, as
-    :func:`load_settings`; values passed to it as overrides show as their layer's)."""
-    cfg = settings.home / "config.toml"
-    raw: dict[str, Any] = {}
-    if cfg.is_file():
-        try:
-            raw = tomllib.loads(cfg.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-            raw = {}  # load_settings read it a moment ago; a file changed since is not ours
-    env = {k.lower(): k for k in os.environ if k.startswith("APPLIANCE_") and "__" in k}
+    directory, or the default (the layers of :func:`load_settings`, read the same way;
+    overrides passed to it in code are not told apart from the layer below them)."""
+    raw = _config_file(settings.home / "config.toml")
+    env = _env_overrides()
     rows: list[SettingRow] = []
     for section in Settings.model_fields:
         model = getattr(settings, section)
@@ -399,8 +398,10 @@ def explain_settings(settings: Settings) -> list[SettingRow]:
         table = raw.get(section)
         from_file: dict[str, Any] = table if isinstance(table, dict) else {}
         for name, field in type(model).model_fields.items():
-            var = env.get(f"appliance_{section}__{name}")
-            source = var or ("config.toml" if name in from_file else "default")
+            if name in env.get(section, {}):
+                source = f"APPLIANCE_{section.upper()}__{name.upper()}"
+            else:
+                source = "config.toml" if name in from_file else "default"
             rows.append(SettingRow(
                 key=f"{section}.{name}", value=getattr(model, name),
                 default=field.get_default(call_default_factory=True), source=source,

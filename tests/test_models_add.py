@@ -124,9 +124,10 @@ def test_a_file_that_cannot_answer_is_refused_and_nothing_registered(
 def test_ids_are_checked_before_the_file_is_read(tmp_path: Path) -> None:
     home = tmp_path / "home"
     mine = _copy(tmp_path)
-    proc = run_cli("models", "add", str(mine), "--id", SMALL, home=home)
+    not_gguf = _bad_file(tmp_path, "not-gguf")  # the id is refused first, not the file
+    proc = run_cli("models", "add", str(not_gguf), "--id", SMALL, home=home)
     assert proc.returncode == 2 and "packaged model" in unwrapped(proc.stderr)
-    proc = run_cli("models", "add", str(mine), "--id", "bad id", home=home)
+    proc = run_cli("models", "add", str(not_gguf), "--id", "bad id", home=home)
     assert proc.returncode == 2 and "not a valid model id" in unwrapped(proc.stderr)
     assert run_cli("models", "add", str(mine), "--id", "m", home=home).returncode == 0
     proc = run_cli("models", "add", str(mine), "--id", "m", home=home)

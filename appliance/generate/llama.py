@@ -24,7 +24,8 @@ from typing import Any
 from appliance.config import GenerateSettings
 from appliance.errors import InputError, Interrupted, ModelError
 
-__all__ = ["ChatTemplate", "GenerationStats", "LlamaGenerator", "fold_system", "load_llama"]
+__all__ = ["ChatTemplate", "GenerationStats", "LlamaGenerator", "fold_system", "load_llama",
+           "template_parse_error"]
 
 TOP_K = 40
 TOP_P = 0.95
@@ -42,6 +43,11 @@ def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     if rest and rest[0].get("role") == "user":
         return [{"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}, *rest[1:]]
     return [{"role": "user", "content": system}, *rest]
+
+
+def template_parse_error(name: str, exc: Exception) -> str:
+    """The sentence for a GGUF whose chat template does not parse."""
+    return f"The chat template of {name} does not parse ({exc}); choose another model."
 
 
 _PROBE_MESSAGES = [{"role": "system", "content": "Answer from the sources."},
@@ -68,12 +74,24 @@ class ChatTemplate:
             self._formatter: Any = Jinja2ChatFormatter(
                 template=template, eos_token=eos, bos_token=bos, stop_token_ids=[eos_id])
         except self._errors as exc:
-            raise ModelError(f"The chat template of {name} does not parse ({exc}); choose "
-                             "another model.") from exc
+            raise ModelError(template_parse_error(name, exc)) from exc
         self.system_role = self._renders(_PROBE_MESSAGES)
         if not self.system_role and not self._renders(fold_system(_PROBE_MESSAGES)):
             raise ModelError(f"The chat template of {name} cannot render a question; choose "
                              "another model.")
+
+    @classmethod
+    def from_llama(cls, llm: Any, name: str) -> ChatTemplate:
+        """The template of a loaded ``llama_cpp.Llama`` (a ``vocab_only`` one will do), with
+        its BOS and EOS tokens; ModelError when the GGUF has none."""
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ModelError(f"{name} has no chat template, so it cannot answer questions; "
+                             "choose an instruct model with --model.")
+        text = llm._model.token_get_text
+        bos, eos = llm.token_bos(), llm.token_eos()
+        return cls(template, bos=text(bos) if bos != -1 else "",
+                   eos=text(eos) if eos != -1 else "", eos_id=eos, name=name)
 
     def _renders(self, messages: list[dict[str, str]]) -> bool:
         try:
@@ -165,21 +183,9 @@ class LlamaGenerator:
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"llama.cpp cannot load {self.path}: {exc}.") from exc
         except TemplateError as exc:  # llama-cpp-python compiles the GGUF's templates
-            raise ModelError(f"The chat template of {self.path.name} does not parse ({exc}); "
-                             "choose another model.") from exc
-        template = self.llm.metadata.get("tokenizer.chat_template")
-        if not template:
-            raise ModelError(
-                f"{self.path.name} has no chat template, so it cannot answer questions; "
-                "choose an instruct model with --model."
-            )
-        eos = self.llm.token_eos()
-        bos = self.llm.token_bos()
-        text = self.llm._model.token_get_text
+            raise ModelError(template_parse_error(self.path.name, exc)) from exc
         try:
-            self.template = ChatTemplate(template, bos=text(bos) if bos != -1 else "",
-                                         eos=text(eos) if eos != -1 else "", eos_id=eos,
-                                         name=self.path.name)
+            self.template = ChatTemplate.from_llama(self.llm, self.path.name)
         except ModelError:
             self.llm.close()
             raise

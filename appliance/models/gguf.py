@@ -31,12 +31,13 @@ _PROBE_MEMORY = 4 << 30
 """Address space of the reading process beyond the file's own size (it maps the file)."""
 
 _CHILD = r"""
-import json, resource, sys
+import json, os, resource, sys
 limit = int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 from llama_cpp import Llama
+name = os.path.basename(sys.argv[1])
 def text(value):
-    return "".join(c for c in value if c.isprintable())[:200] if isinstance(value, str) else ""
+    return "".join(c for c in value if c.isprintable())[:300] if isinstance(value, str) else ""
 def number(value):
     try:
         return max(0, int(value))
@@ -54,25 +55,19 @@ try:
         "context_length": number(md.get(arch + ".context_length")),
         "chat_template": bool(md.get("tokenizer.chat_template")),
         "n_vocab": number(llm.n_vocab()),
-        "system_role": False,
-        "template_error": "",
     }
     if info["chat_template"]:
+        from appliance.errors import ModelError
         from appliance.generate.llama import ChatTemplate
-        word = llm._model.token_get_text
-        bos, eos = llm.token_bos(), llm.token_eos()
         try:
-            template = ChatTemplate(md["tokenizer.chat_template"], eos_id=eos,
-                                    bos=word(bos) if bos != -1 else "",
-                                    eos=word(eos) if eos != -1 else "", name="")
-            info["system_role"] = template.system_role
-        except Exception as exc:
-            info["template_error"] = text(str(exc))
+            info["system_role"] = ChatTemplate.from_llama(llm, name).system_role
+        except ModelError as exc:
+            info["template_error"] = text(exc.message)
 except Exception as exc:
     from jinja2 import TemplateError
     if isinstance(exc, TemplateError):  # llama-cpp-python compiles the template on load
-        info = {"chat_template": True,
-                "template_error": text(f"its chat template does not parse ({exc})")}
+        from appliance.generate.llama import template_parse_error
+        info = {"chat_template": True, "template_error": text(template_parse_error(name, exc))}
     else:
         info = {"error": str(exc)[:200]}
 print(json.dumps(info))
@@ -101,7 +96,7 @@ class GGUFInfo:
     """Whether the chat template takes a system message (else the system prompt goes at the
     start of the first user message: :class:`appliance.generate.llama.ChatTemplate`)."""
     template_error: str = ""
-    """Why the chat template cannot render a question, when it cannot."""
+    """Why the chat template cannot render a question, when it cannot (one sentence)."""
 
     def to_json(self) -> dict[str, Any]:
         """The fields as JSON-ready data."""

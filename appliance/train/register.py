@@ -228,7 +228,6 @@ def register_model(
             "file": name,
             "sha256": digest,
             "size": dest.stat().st_size,
-            "origin": "user",
             "source": source,
             "licence": licence,
             "description": description,
@@ -272,7 +271,7 @@ def add_model(
     gguf = Path(gguf)
     info = probe_gguf(gguf)
     if info.template_error:
-        raise ModelError(f"{gguf.name} cannot answer questions: {info.template_error}.")
+        raise ModelError(info.template_error)
     if not info.chat_template:
         raise ModelError(f"{gguf.name} has no chat template, so it cannot answer questions "
                          "(a base model, not an instruct one); add an instruct model's GGUF.")
