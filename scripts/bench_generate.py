@@ -25,13 +25,14 @@ to first token (target <= 10%).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from appliance.api import Appliance  # noqa: E402
-from appliance.config import load_settings  # noqa: E402
+from appliance.config import GenerateSettings, load_settings  # noqa: E402
 from appliance.demo import SAMPLE_QUESTIONS, write_pydoc_corpus  # noqa: E402
 from appliance.embed import physical_cores  # noqa: E402
 from appliance.generate import build_rag_prompt, generator_id, load_generator  # noqa: E402
@@ -77,30 +78,62 @@ def med(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
 
+def raw_llama(path: Path, settings: GenerateSettings, threads: int,
+              flash_attn: bool | None = None) -> Any:
+    """A plain ``llama_cpp.Llama`` with the generator's settings (``flash_attn``: the
+    setting's unless given)."""
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(path), n_ctx=settings.n_ctx, n_batch=max(512, settings.n_batch),
+                 n_ubatch=max(512, settings.n_batch), n_threads=threads,
+                 n_threads_batch=threads, seed=settings.seed,
+                 flash_attn=settings.flash_attn if flash_attn is None else flash_attn,
+                 verbose=False)
+
+
+def race(sides: dict[str, Callable[[], Iterator[str]]], runs: int,
+         count_tokens: Callable[[str], int]) -> tuple[dict[str, dict[str, list[float]]],
+                                                      dict[str, str]]:
+    """Time each side's stream ``runs`` times, the order of the sides flipping every run so
+    neither always goes first: per side the lists ``ttft``, ``tps`` and ``tokens``, and
+    its last text."""
+    results = {side: {"ttft": [], "tps": [], "tokens": []} for side in sides}
+    texts: dict[str, str] = {}
+    order = list(sides)
+    for i in range(runs):
+        for side in order if i % 2 == 0 else order[::-1]:
+            text, t0, first, last = timed(sides[side]())
+            tokens = count_tokens(text)
+            texts[side] = text
+            results[side]["ttft"].append(first - t0)
+            results[side]["tps"].append((tokens - 1) / (last - first) if last > first else 0.0)
+            results[side]["tokens"].append(tokens)
+    return results, texts
+
+
+def _fresh(llm: Any, pieces: Callable[[], Iterator[str]]) -> Callable[[], Iterator[str]]:
+    """``pieces`` after emptying ``llm``'s KV cache, so each run evaluates the whole prompt."""
+    def run() -> Iterator[str]:
+        llm.reset()
+        return pieces()
+    return run
+
+
 def compare_flash_attn(path: Path, messages: list[dict[str, str]], args: argparse.Namespace,
-                       threads: int) -> dict[str, Any]:
+                       settings: GenerateSettings, threads: int) -> dict[str, Any]:
     """Raw llama_cpp with flash attention off and on: medians of time to first token and
     tokens/s over alternating runs on one prompt, their ratios, and whether the greedy texts
     agree. Returns the numbers and a rich table under ``table``."""
-    from llama_cpp import Llama
-
-    llms = {fa: Llama(model_path=str(path), n_ctx=4096, n_batch=512, n_ubatch=512,
-                      n_threads=threads, n_threads_batch=threads, flash_attn=fa, verbose=False)
-            for fa in (False, True)}
-    runs: dict[bool, dict[str, list[float]]] = {fa: {"ttft": [], "tps": []} for fa in llms}
-    texts: dict[bool, str] = {}
-    for i in range(args.runs):
-        for fa in (False, True) if i % 2 == 0 else (True, False):
-            llm = llms[fa]
-            llm.reset()
-            text, t0, first, last = timed(raw_pieces(llm, messages, args.max_tokens, 0))
-            tokens = len(llm.tokenize(text.encode(), add_bos=False, special=False))
-            texts[fa] = text
-            runs[fa]["ttft"].append(first - t0)
-            runs[fa]["tps"].append((tokens - 1) / (last - first) if last > first else 0.0)
+    llms = {side: raw_llama(path, settings, threads, flash_attn=side == "on")
+            for side in ("off", "on")}
+    sides = {side: _fresh(llm, functools.partial(raw_pieces, llm, messages, args.max_tokens,
+                                                 settings.seed))
+             for side, llm in llms.items()}
+    runs, texts = race(sides, args.runs, lambda text: len(llms["off"].tokenize(
+        text.encode(), add_bos=False, special=False)))
     for llm in llms.values():
         llm.close()
-    off, on = ({k: med(v) for k, v in runs[fa].items()} for fa in (False, True))
+    off, on = ({k: med(v) for k, v in runs[side].items()} for side in ("off", "on"))
     table = Table(title=f"flash attention off / on (raw llama_cpp, {args.runs} alternating "
                         f"runs each, medians, {threads} threads)")
     for col in ("", "off", "on", "on / off"):
@@ -109,7 +142,7 @@ def compare_flash_attn(path: Path, messages: list[dict[str, str]], args: argpars
                   f"{on['ttft'] / off['ttft']:.3f}" if off["ttft"] else "-")
     table.add_row("tokens/s", f"{off['tps']:.1f}", f"{on['tps']:.1f}",
                   f"{on['tps'] / off['tps']:.3f}" if off["tps"] else "-")
-    same = texts[False].strip() == texts[True].strip()
+    same = texts["off"].strip() == texts["on"].strip()
     table.caption = f"same greedy text: {'yes' if same else 'NO'}"
     return {"off": off, "on": on, "same_text": same, "table": table}
 
@@ -141,40 +174,22 @@ def main() -> int:
 
     # -- 1. appliance vs raw llama_cpp on one prompt ----------------------------------------
     gen = load_generator(settings, app.registry, model_id)
-    from llama_cpp import Llama
-
     threads = settings.generate.threads or physical_cores()
-    raw = Llama(model_path=str(gen.path), n_ctx=settings.generate.n_ctx,
-                n_batch=max(512, settings.generate.n_batch),
-                n_ubatch=max(512, settings.generate.n_batch), n_threads=threads,
-                n_threads_batch=threads, seed=settings.generate.seed,
-                flash_attn=settings.generate.flash_attn, verbose=False)
+    raw = raw_llama(gen.path, settings.generate, threads)
     hits = app.search(SAMPLE_QUESTIONS[0], kb="demo", k=settings.answer.k).hits
     prompt = build_rag_prompt(SAMPLE_QUESTIONS[0], hits, count_tokens=gen.count_tokens,
                               n_ctx=gen.n_ctx, max_tokens=args.max_tokens)
-    results: dict[str, dict[str, list[float]]] = {
-        side: {"ttft": [], "tps": [], "tokens": []} for side in ("raw", "appliance")}
-    texts: dict[str, str] = {}
     # one warm-up each (page cache, allocations), then alternate
     for _ in timed(raw_pieces(raw, prompt.messages, 8, settings.generate.seed)):
         pass
     for _ in timed(gen.stream(prompt.messages, 8)):
         pass
-    for _ in range(args.runs):
-        for side in ("raw", "appliance"):
-            if side == "raw":
-                raw.reset()
-                pieces = raw_pieces(raw, prompt.messages, args.max_tokens,
-                                    settings.generate.seed)
-            else:
-                gen.llm.reset()
-                pieces = gen.stream(prompt.messages, args.max_tokens)
-            text, t0, first, last = timed(pieces)
-            tokens = gen.count_tokens(text)
-            texts[side] = text
-            results[side]["ttft"].append(first - t0)
-            results[side]["tps"].append((tokens - 1) / (last - first) if last > first else 0.0)
-            results[side]["tokens"].append(tokens)
+    results, texts = race({
+        "raw": _fresh(raw, functools.partial(raw_pieces, raw, prompt.messages, args.max_tokens,
+                                             settings.generate.seed)),
+        "appliance": _fresh(gen.llm, functools.partial(gen.stream, prompt.messages,
+                                                       args.max_tokens)),
+    }, args.runs, gen.count_tokens)
     raw.close()
 
     table = Table(title=f"{model_id}: appliance vs raw llama_cpp "
@@ -196,7 +211,7 @@ def main() -> int:
                   "(ratio of time to first token: raw / appliance, higher is better); "
                   f"load average during the runs: {os.getloadavg()[0]:.1f} "
                   f"on {os.cpu_count()} CPUs")
-    flash = compare_flash_attn(gen.path, prompt.messages, args, threads) \
+    flash = compare_flash_attn(gen.path, prompt.messages, args, settings.generate, threads) \
         if args.compare_flash_attn else None
     if flash is not None:
         console.print(flash.pop("table"))
